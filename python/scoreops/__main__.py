@@ -1,0 +1,5 @@
+import sys
+
+from scoreops.cli import main
+
+sys.exit(main())

@@ -1,0 +1,330 @@
+"""ScoreRun: one RL training run that teaches a model to correct itself."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from scoreops.api.base import (
+    ApiModel,
+    Condition,
+    Duration,
+    ObjectMeta,
+    Phase,
+    StorageUri,
+)
+from scoreops.api.common import (
+    DEFAULT_CORRECTION_INSTRUCTION,
+    Engine,
+    ModelRef,
+    OutputSpec,
+    Precision,
+    WorkerResources,
+)
+
+KLEstimator = Literal["k1", "k2", "k3"]
+
+MGRPO_GUIDE_PHRASES = [
+    "Wait, let me recheck my solution.",
+    "Hold on, I should double-check the calculation above.",
+    "Let me verify each step of the solution again.",
+    "Hmm, I might have made a mistake. Let me review the reasoning.",
+    "Before finalizing, let me re-examine the steps for errors.",
+    "Let me carefully go through the solution once more to make sure it is correct.",
+    "Wait, is that right? Let me check again step by step.",
+]
+
+
+class GeneratorSource(ApiModel):
+    """Items produced by a generator: a reasoning-gym task or a built-in one."""
+
+    task: str = Field(
+        min_length=1,
+        description=(
+            "Generator name: a reasoning-gym task (basic_arithmetic, chain_sum, "
+            "gsm_symbolic, ...) or single-digit-addition (built in)."
+        ),
+    )
+    size: int = Field(ge=1, le=1_000_000, description="Number of items to generate.")
+    seed: int = Field(0, ge=0, description="Generator seed.")
+    config: dict[str, Any] = Field(
+        default_factory=dict, description="Extra generator settings, passed through."
+    )
+
+
+class DataSource(ApiModel):
+    """One dataset split: a JSONL/Parquet file, or a generator. Exactly one of the two."""
+
+    uri: StorageUri | None = Field(
+        None, description="JSONL or Parquet with question and answer columns."
+    )
+    generator: GeneratorSource | None = Field(None, description="Generate the items instead.")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> DataSource:
+        if (self.uri is None) == (self.generator is None):
+            raise ValueError("set exactly one of uri or generator")
+        return self
+
+
+class DatasetSpec(ApiModel):
+    """Training prompts and held-out evaluation prompts."""
+
+    train: DataSource = Field(description="Training items.")
+    eval: DataSource | None = Field(
+        None, description="Held-out items; when absent, evalSize items are split off train."
+    )
+    eval_size: int = Field(
+        64, ge=0, le=100_000, description="Items held out of train when eval is not given."
+    )
+    seed: int = Field(0, ge=0, description="Seed of the split and of the data order.")
+    verifier: Literal["auto", "math", "gsm8k-strict", "gsm8k-flexible", "exact", "reasoning-gym"] = (
+        Field("auto", description="How answers are checked; auto picks from the source.")
+    )
+
+
+class ScoreConfig(ApiModel):
+    """SCoRe: stage I (turn-2 reward, turn 1 held near the base) then stage II (shaped)."""
+
+    stage1_steps: int = Field(300, ge=0, le=1_000_000, description="Optimiser steps in stage I.")
+    stage2_steps: int = Field(700, ge=0, le=1_000_000, description="Optimiser steps in stage II.")
+    alpha: float = Field(
+        10.0, ge=0.0, le=100.0, description="Reward shaping: r2 + alpha*(r2 - r1) in stage II."
+    )
+    beta1: float = Field(0.01, ge=0.0, le=10.0, description="KL weight on the turns (both stages).")
+    beta2: float = Field(
+        0.1, ge=0.0, le=10.0, description="Strong KL weight holding turn 1 near the base (stage I)."
+    )
+    kl_estimator: KLEstimator = Field("k3", description="KL estimator: k1, k2 or k3.")
+    baseline: Literal["loo", "mean", "none"] = Field(
+        "loo", description="Policy-gradient baseline over the samples of a prompt."
+    )
+
+    @model_validator(mode="after")
+    def _some_steps(self) -> ScoreConfig:
+        if self.stage1_steps + self.stage2_steps == 0:
+            raise ValueError("stage1Steps + stage2Steps must be at least 1")
+        return self
+
+
+class GRPOConfig(ApiModel):
+    """GRPO: single-turn, group-normalised advantages, clipped ratio, KL to the reference."""
+
+    steps: int = Field(1000, ge=1, le=1_000_000, description="Optimiser steps.")
+    beta: float = Field(0.04, ge=0.0, le=10.0, description="KL weight.")
+    clip_epsilon: float = Field(0.2, gt=0.0, lt=1.0, description="PPO clip range.")
+    kl_estimator: KLEstimator = Field("k3", description="KL estimator.")
+    scale_rewards: bool = Field(True, description="Divide advantages by the group's std.")
+
+
+class MGRPOConfig(ApiModel):
+    """Multi-layer GRPO: GRPO on the question, then GRPO on guided corrections."""
+
+    steps: int = Field(1000, ge=1, le=1_000_000, description="Optimiser steps.")
+    beta: float = Field(0.001, ge=0.0, le=10.0, description="KL weight.")
+    clip_epsilon: float = Field(0.2, gt=0.0, lt=1.0, description="PPO clip range.")
+    kl_estimator: KLEstimator = Field("k3", description="KL estimator.")
+    guide_phrases: list[str] = Field(
+        default_factory=lambda: list(MGRPO_GUIDE_PHRASES),
+        min_length=1,
+        description="Pool of phrases appended after a layer-1 answer to invite a correction.",
+    )
+    variations: int = Field(
+        2, ge=1, le=16, description="H: variations generated of each kept correction."
+    )
+
+
+class STaRConfig(ApiModel):
+    """STaR: sample, keep verified solutions, fine-tune on them."""
+
+    rounds: int = Field(1, ge=1, le=20, description="Sample-filter-finetune rounds.")
+    external_correction: bool = Field(
+        True, description="Also sample corrections after the correction instruction."
+    )
+    sft_epochs: int = Field(1, ge=1, le=20, description="Epochs over the kept solutions per round.")
+
+
+class CoryConfig(ApiModel):
+    """CORY: pioneer and observer copies of the policy with a cooperative reward."""
+
+    steps: int = Field(1000, ge=1, le=1_000_000, description="Optimiser steps.")
+    exchange_every: int = Field(50, ge=1, description="T: swap pioneer and observer every T steps.")
+    beta: float = Field(0.01, ge=0.0, le=10.0, description="KL weight.")
+    lora_rank: int = Field(16, ge=1, le=512, description="Rank of the per-role LoRA adapters.")
+
+
+AlgorithmName = Literal["score", "mgrpo", "grpo", "star", "cory"]
+
+
+class AlgorithmSpec(ApiModel):
+    """The training algorithm and its settings (one block, matching name)."""
+
+    name: AlgorithmName = Field(description="score | mgrpo | grpo | star | cory.")
+    score: ScoreConfig | None = Field(None, description="Settings when name is score.")
+    grpo: GRPOConfig | None = Field(None, description="Settings when name is grpo.")
+    mgrpo: MGRPOConfig | None = Field(None, description="Settings when name is mgrpo.")
+    star: STaRConfig | None = Field(None, description="Settings when name is star.")
+    cory: CoryConfig | None = Field(None, description="Settings when name is cory.")
+
+    @model_validator(mode="after")
+    def _one_block(self) -> AlgorithmSpec:
+        blocks = {"score": ScoreConfig, "grpo": GRPOConfig, "mgrpo": MGRPOConfig,
+                  "star": STaRConfig, "cory": CoryConfig}
+        for other in blocks:
+            if other != self.name and getattr(self, other) is not None:
+                raise ValueError(f"{other} settings are given but name is {self.name!r}")
+        if getattr(self, self.name) is None:
+            setattr(self, self.name, blocks[self.name]())
+        return self
+
+    @property
+    def config(self) -> ScoreConfig | GRPOConfig | MGRPOConfig | STaRConfig | CoryConfig:
+        return getattr(self, self.name)
+
+    def total_steps(self) -> int:
+        cfg = self.config
+        if isinstance(cfg, ScoreConfig):
+            return cfg.stage1_steps + cfg.stage2_steps
+        if isinstance(cfg, STaRConfig):
+            return cfg.rounds
+        return cfg.steps
+
+
+class RolloutSpec(ApiModel):
+    """How episodes are sampled during training."""
+
+    engine: Engine = Field("hf", description="hf (transformers) or vllm (GPU only).")
+    turns: int = Field(2, ge=1, le=8, description="Attempts per episode.")
+    samples_per_prompt: int = Field(
+        4, ge=1, le=64, description="Episodes per prompt (the group for baselines)."
+    )
+    temperature: float = Field(1.0, gt=0.0, le=2.0, description="Sampling temperature.")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.")
+    max_new_tokens: int = Field(1024, ge=1, le=32768, description="Tokens generated per turn.")
+    correction_instruction: str = Field(
+        DEFAULT_CORRECTION_INSTRUCTION, min_length=1,
+        description="Appended after the first attempt to ask for a revision.",
+    )
+    system_prompt: str | None = Field(None, description="Optional system message.")
+    gpu_memory_utilization: float = Field(
+        0.3, gt=0.0, le=0.95, description="Share of GPU memory for the vLLM engine (colocated)."
+    )
+
+
+class OptimSpec(ApiModel):
+    """Optimiser and schedule."""
+
+    learning_rate: float = Field(5e-6, gt=0.0, le=1.0, description="Peak learning rate (AdamW).")
+    batch_size: int = Field(64, ge=1, le=65536, description="Prompts per optimiser step.")
+    micro_batch_size: int = Field(
+        8, ge=1, le=4096, description="Sequences per forward/backward (gradient accumulation)."
+    )
+    warmup_ratio: float = Field(0.03, ge=0.0, lt=1.0, description="Share of steps warming up.")
+    schedule: Literal["cosine", "linear", "constant"] = Field("cosine", description="LR decay.")
+    weight_decay: float = Field(0.0, ge=0.0, le=1.0, description="AdamW weight decay.")
+    max_grad_norm: float = Field(1.0, gt=0.0, description="Gradient clipping norm.")
+
+
+class TrainResources(WorkerResources):
+    """Compute of a training run."""
+
+    deepspeed: Literal["none", "zero2", "zero3"] = Field(
+        "none", description="DeepSpeed ZeRO stage (GPU only)."
+    )
+    precision: Precision = Field("bf16", description="Training precision (fp32 on CPU).")
+    backoff_limit: int = Field(3, ge=0, le=100, description="Pod restarts before the job fails.")
+
+
+class CheckpointSpec(ApiModel):
+    """Checkpointing: every N steps, keep the newest K complete ones."""
+
+    every_steps: int = Field(50, ge=1, description="Steps between checkpoints.")
+    keep: int = Field(3, ge=1, le=1000, description="Complete checkpoints kept.")
+
+
+class EvaluationSpec(ApiModel):
+    """Held-out evaluation at the end of the run (greedy)."""
+
+    enabled: bool = Field(True, description="Evaluate base and trained model at the end.")
+    every_steps: int | None = Field(
+        None, ge=1, description="Also evaluate every N steps (Acc@t1/Acc@t2 over steps)."
+    )
+    max_new_tokens: int | None = Field(
+        None, ge=1, le=32768, description="Tokens per turn; defaults to rollout.maxNewTokens."
+    )
+    compare_base: bool = Field(True, description="Evaluate the base model too.")
+
+
+class ScoreRunSpec(ApiModel):
+    """What to train, on what, how, where and with what compute."""
+
+    model: ModelRef = Field(description="Base weights.")
+    dataset: DatasetSpec = Field(description="Training and held-out prompts.")
+    algorithm: AlgorithmSpec = Field(description="Training algorithm.")
+    rollout: RolloutSpec = Field(default_factory=RolloutSpec, description="Episode sampling.")
+    optim: OptimSpec = Field(default_factory=OptimSpec, description="Optimiser.")
+    resources: TrainResources = Field(default_factory=TrainResources, description="Compute.")
+    checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec, description="Checkpoints.")
+    evaluation: EvaluationSpec = Field(
+        default_factory=EvaluationSpec, description="Final evaluation."
+    )
+    output: OutputSpec = Field(description="Where results go.")
+    seed: int = Field(0, ge=0, description="Seed of sampling and initialisation.")
+    stall_timeout: Duration = Field(
+        "30m", description="Mark the run Failed (Stalled) if progress does not advance this long."
+    )
+
+    @model_validator(mode="after")
+    def _coherent(self) -> ScoreRunSpec:
+        res = self.resources
+        if self.rollout.engine == "vllm" and res.gpus_per_worker == 0:
+            raise ValueError("rollout.engine vllm needs resources.gpusPerWorker >= 1")
+        if res.deepspeed != "none" and res.gpus_per_worker == 0:
+            raise ValueError(f"resources.deepspeed {res.deepspeed} needs resources.gpusPerWorker >= 1")
+        if self.algorithm.name == "score" and self.rollout.turns < 2:
+            raise ValueError("algorithm score needs rollout.turns >= 2")
+        if self.optim.micro_batch_size > self.optim.batch_size * self.rollout.samples_per_prompt:
+            raise ValueError("optim.microBatchSize exceeds batchSize * rollout.samplesPerPrompt")
+        if self.algorithm.name in ("grpo", "mgrpo"):
+            if self.rollout.samples_per_prompt < 2:
+                raise ValueError(f"algorithm {self.algorithm.name} needs rollout.samplesPerPrompt >= 2")
+        return self
+
+
+class ScoreRunStatus(ApiModel):
+    """Observed state, written by the operator or the local runner."""
+
+    model_config = ApiModel.model_config | {"extra": "allow"}
+
+    phase: Phase = Field("Pending", description="Pending, Running, Succeeded or Failed.")
+    conditions: list[Condition] = Field(default_factory=list, description="Detailed state.")
+    observed_generation: int | None = Field(None, description="Generation last reconciled.")
+    stage: str | None = Field(None, description="Current stage, e.g. stage1, stage2.")
+    step: int | None = Field(None, description="Optimiser steps completed.")
+    total_steps: int | None = Field(None, description="Steps in the whole run.")
+    reward_t1: float | None = Field(None, description="Latest mean turn-1 reward.")
+    reward_t2: float | None = Field(None, description="Latest mean turn-2 reward.")
+    acc_t1: float | None = Field(None, description="Latest held-out Acc@t1.")
+    acc_t2: float | None = Field(None, description="Latest held-out Acc@t2.")
+    last_checkpoint: str | None = Field(None, description="URI of the newest complete checkpoint.")
+    results_uri: str | None = Field(None, description="URI of the report and records.")
+    job_name: str | None = Field(None, description="Name of the PyTorchJob.")
+    start_time: str | None = Field(None, description="When the run started.")
+    completion_time: str | None = Field(None, description="When the run ended.")
+    last_progress_time: str | None = Field(None, description="When progress last advanced.")
+    versions: dict[str, str] = Field(default_factory=dict, description="Library versions used.")
+
+
+class ScoreRun(ApiModel):
+    """A ScoreRun resource."""
+
+    model_config = ApiModel.model_config | {"extra": "ignore"}
+
+    api_version: Literal["scoreops.io/v1alpha1"] = Field(
+        "scoreops.io/v1alpha1", description="scoreops.io/v1alpha1."
+    )
+    kind: Literal["ScoreRun"] = Field("ScoreRun", description="ScoreRun.")
+    metadata: ObjectMeta
+    spec: ScoreRunSpec
+    status: ScoreRunStatus | None = None

