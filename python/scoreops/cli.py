@@ -39,7 +39,7 @@ def _fail(message: str, code: int = 1) -> int:
     return code
 
 
-def _load(path: str):  # noqa: ANN202 - returns a Resource
+def _load(path: str):  # returns a Resource
     from scoreops.api import load_resource
 
     return load_resource(path)

@@ -79,7 +79,7 @@ def _model_uri(value: str) -> str:
 
 def _output_uri(value: str) -> str:
     _storage_uri(value)
-    if value.startswith("s3://") and not value[len("s3://") :].split("/", 1)[-1]:
+    if value.startswith("s3://") and not value[len("s3://") :].partition("/")[2].strip("/"):
         # s3://bucket alone would mix runs at the bucket root
         raise ValueError(f"{value!r}: give a prefix under the bucket, e.g. s3://bucket/runs/NAME")
     return value

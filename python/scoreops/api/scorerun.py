@@ -286,9 +286,8 @@ class ScoreRunSpec(ApiModel):
             raise ValueError("algorithm score needs rollout.turns >= 2")
         if self.optim.micro_batch_size > self.optim.batch_size * self.rollout.samples_per_prompt:
             raise ValueError("optim.microBatchSize exceeds batchSize * rollout.samplesPerPrompt")
-        if self.algorithm.name in ("grpo", "mgrpo"):
-            if self.rollout.samples_per_prompt < 2:
-                raise ValueError(f"algorithm {self.algorithm.name} needs rollout.samplesPerPrompt >= 2")
+        if self.algorithm.name in ("grpo", "mgrpo") and self.rollout.samples_per_prompt < 2:
+            raise ValueError(f"algorithm {self.algorithm.name} needs rollout.samplesPerPrompt >= 2")
         return self
 
 
