@@ -1,0 +1,65 @@
+"""Job entrypoint of a training worker: ``python -m scoreops.train --spec run.json``.
+
+This is what each PyTorchJob replica runs (and what ``scoreops run`` calls in-process). With
+``torchrun`` / PyTorchJob, RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT come from the
+environment; absent, it is one process. Exit codes: 0 done (or stopped cleanly with a
+checkpoint), 1 failed, 2 invalid spec.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def load_run(path: str):  # -> ScoreRun
+    """A ScoreRun from a JSON (the operator's ConfigMap) or YAML file."""
+    import yaml
+
+    from scoreops.api import parse_resource
+
+    text = Path(path).read_text()
+    doc = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
+    res = parse_resource(doc)
+    if res.kind != "ScoreRun":
+        raise SystemExit(f"{path} holds a {res.kind}, not a ScoreRun")
+    return res
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m scoreops.train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--spec", required=True, help="ScoreRun as JSON or YAML")
+    parser.add_argument("--output", help="override spec.output.uri")
+    parser.add_argument("--fresh", action="store_true", help="discard existing checkpoints")
+    args = parser.parse_args(argv)
+
+    from scoreops.api import InvalidResource
+
+    try:
+        run = load_run(args.spec)
+    except InvalidResource as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    from scoreops.training.loop import RunFailed, Trainer, install_signal_handlers
+
+    def log(event: dict) -> None:
+        print(json.dumps(event, default=str), flush=True)
+
+    trainer = Trainer(run, output=args.output, on_step=log, on_event=log, fresh=args.fresh)
+    install_signal_handlers(trainer)
+    try:
+        result = trainer.run_training()
+    except RunFailed as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    log({"event": "done", "step": result.step, "interrupted": result.interrupted,
+         "output": result.output})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

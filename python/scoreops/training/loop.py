@@ -1,0 +1,440 @@
+"""A training run from start (or the newest complete checkpoint) to report."""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from scoreops.api.base import now_rfc3339
+from scoreops.training.checkpoint import (
+    TrainerState,
+    list_checkpoints,
+    load_checkpoint,
+    save_checkpoint,
+    spec_digest,
+)
+from scoreops.training.context import DistEnv, StepContext
+
+if TYPE_CHECKING:
+    from scoreops.api.scorerun import ScoreRun
+    from scoreops.data import Item
+    from scoreops.training.evaluation import EvalResult
+
+StepCallback = Callable[[dict[str, Any]], None]
+
+
+class RunFailed(RuntimeError):
+    """The run stopped for a reason worth showing the user (and the resource's status)."""
+
+
+@dataclass
+class RunResult:
+    output: str
+    step: int
+    interrupted: bool = False
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+    evals: dict[str, EvalResult] = field(default_factory=dict)
+    final_model: str | None = None
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for pkg in ("scoreops", "torch", "transformers", "vllm", "deepspeed"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def lr_lambda(total: int, warmup_ratio: float, schedule: str) -> Callable[[int], float]:
+    warmup = int(round(total * warmup_ratio))
+
+    def f(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        if schedule == "constant":
+            return 1.0
+        progress = (step - warmup) / max(1, total - warmup)
+        if schedule == "linear":
+            return max(0.0, 1.0 - progress)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return f
+
+
+def load_split(run: ScoreRun) -> tuple[list[Item], list[Item]]:
+    """Training and held-out items of a run (no question in both)."""
+    from scoreops.data import generate_items, load_items, split_train_eval
+
+    ds = run.spec.dataset
+
+    def load(src: Any) -> list[Item]:
+        if src.generator is not None:
+            g = src.generator
+            return generate_items(g.task, g.size, g.seed, g.config)
+        return load_items(src.uri)
+
+    train = load(ds.train)
+    if ds.eval is not None:
+        held = load(ds.eval)
+        seen = {_norm(i.question) for i in held}
+        train = [i for i in train if _norm(i.question) not in seen]
+    elif ds.eval_size > 0:
+        train, held = split_train_eval(train, ds.eval_size, ds.seed)
+    else:
+        held = []
+    if not train:
+        raise RunFailed("the training set is empty after removing held-out questions")
+    return train, held
+
+
+def _norm(q: str) -> str:
+    from scoreops.data import normalize_question
+
+    return normalize_question(q)
+
+
+class Trainer:
+    """Runs one ScoreRun in this process (one rank of it when distributed)."""
+
+    def __init__(self, run: ScoreRun, *, output: str | None = None,
+                 on_step: StepCallback | None = None, on_event: StepCallback | None = None,
+                 fresh: bool = False) -> None:
+        self.run = run
+        self.spec = run.spec
+        self.output = output or run.spec.output.uri
+        self.on_step = on_step or (lambda m: None)
+        self.on_event = on_event or (lambda m: None)
+        self.fresh = fresh
+        self.dist = DistEnv.from_environ()
+        self.digest = spec_digest(self.spec.to_wire())
+        self._stop = False
+        self.metrics: list[dict[str, Any]] = []
+
+    # -- outputs ----------------------------------------------------------------------------
+
+    def _uri(self, *parts: str) -> str:
+        from scoreops import storage
+
+        return storage.join(self.output, *parts)
+
+    def write_progress(self, phase: str, *, step: int, stage: str | None,
+                       message: str = "", last: dict[str, Any] | None = None,
+                       evals: dict[str, Any] | None = None, checkpoint: str | None = None) -> None:
+        """``progress.json``: what the operator mirrors into the resource's status."""
+        if not self.dist.is_main:
+            return
+        from scoreops import storage
+
+        last = last or {}
+        trained = (evals or {}).get("trained")
+        doc = {
+            "phase": phase,
+            "stage": stage,
+            "step": step,
+            "total_steps": self.spec.algorithm.total_steps(),
+            "reward_t1": last.get("reward_t1"),
+            "reward_t2": last.get("reward_t2"),
+            "acc_t1": trained.metrics.acc_t1 if trained else None,
+            "acc_t2": trained.metrics.acc_t2 if trained else None,
+            "last_checkpoint": checkpoint or self._last_checkpoint,
+            "results_uri": self.output,
+            "updated": now_rfc3339(),
+            "message": message,
+            "versions": _versions(),
+        }
+        storage.write_json(self._uri("progress.json"), doc)
+
+    _last_checkpoint: str | None = None
+
+    # -- setup ------------------------------------------------------------------------------
+
+    def _setup(self) -> StepContext:
+        import torch
+
+        from scoreops.models import load_model
+        from scoreops.rewards import auto_verifier_kind, make_verifier
+        from scoreops.rollout import HFEngine
+
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        torch.manual_seed(self.spec.seed)
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        device = torch.device("cuda", self.dist.local_rank) if torch.cuda.is_available() \
+            and self.spec.resources.gpus_per_worker > 0 else torch.device("cpu")
+        dtype = "float32" if device.type == "cpu" else {
+            "bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}[self.spec.resources.precision]
+        self.on_event({"event": "loading", "what": f"model {self.spec.model.uri}"})
+        policy, tokenizer = load_model(self.spec.model.uri, dtype=dtype, device=str(device))
+        reference = None
+        if self._needs_reference():
+            reference, _ = load_model(self.spec.model.uri, dtype=dtype, device=str(device))
+            reference.eval().requires_grad_(False)
+        self.on_event({"event": "loading", "what": "data"})
+        train, held = load_split(self.run)
+        kind = self.spec.dataset.verifier
+        verifier = make_verifier(auto_verifier_kind(train[0]) if kind == "auto" else kind)
+        engine: Any
+        if self.spec.rollout.engine == "vllm":
+            from scoreops.rollout.vllm import VLLMEngine  # GPU only
+
+            engine = VLLMEngine.colocated(policy, tokenizer, self.spec.rollout)
+        else:
+            engine = HFEngine(policy, tokenizer, max_batch_size=64)
+        self.held_out = held
+        ctx = StepContext(spec=self.spec, policy=policy, reference=reference, tokenizer=tokenizer,
+                          engine=engine, verifier=verifier, train_items=train, device=device,
+                          dist=self.dist)
+        if self.dist.distributed:
+            from scoreops.training.distributed import wrap_ddp
+
+            ctx.ddp_model = wrap_ddp(policy, device)
+        return ctx
+
+    def _needs_reference(self) -> bool:
+        alg = self.spec.algorithm
+        cfg = alg.config
+        betas = [getattr(cfg, n, 0.0) for n in ("beta", "beta1", "beta2")]
+        return alg.name != "star" and any(b > 0 for b in betas)
+
+    def request_stop(self, *_: Any) -> None:
+        """Finish the current step, checkpoint, and return (Ctrl-C / SIGTERM)."""
+        self._stop = True
+
+    # -- the run ----------------------------------------------------------------------------
+
+    def run_training(self) -> RunResult:
+        import torch
+
+        from scoreops import storage
+        from scoreops.training.algorithms import make_algorithm
+
+        ctx = self._setup()
+        algorithm = make_algorithm(self.spec)
+        total = self.spec.algorithm.total_steps()
+        optimizer = torch.optim.AdamW(
+            [p for p in ctx.policy.parameters() if p.requires_grad],
+            lr=self.spec.optim.learning_rate, weight_decay=self.spec.optim.weight_decay,
+        )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lr_lambda(total, self.spec.optim.warmup_ratio, self.spec.optim.schedule))
+        evals: dict[str, EvalResult] = {}
+        if self.spec.evaluation.enabled and self.spec.evaluation.compare_base and self.held_out:
+            # before any checkpoint is loaded: the policy is still the base model here
+            evals["base"] = self._evaluate(ctx, "base", cache=not self.fresh)
+        step = self._resume(ctx, optimizer, scheduler)
+        if self.dist.is_main:
+            storage.write_json(self._uri("spec.json"), self.run.to_wire())
+        tb = self._tensorboard()
+        self.write_progress("Running", step=step, stage=algorithm.stage(step))
+        last: dict[str, Any] = self.metrics[-1] if self.metrics else {}
+        last_saved = step
+        try:
+            while step < total and not self._stop:
+                t0 = time.perf_counter()
+                ctx.policy.train()
+                optimizer.zero_grad(set_to_none=True)
+                prompts = ctx.prompts_for_step(step)
+                stats = algorithm.backward(ctx, step, prompts)
+                if ctx.dist.distributed:
+                    from scoreops.training.distributed import all_reduce_stats
+
+                    stats = all_reduce_stats(stats)
+                grad_norm = torch.nn.utils.clip_grad_norm_(
+                    ctx.policy.parameters(), self.spec.optim.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                ctx.engine.sync_weights(ctx.policy)
+                stage = algorithm.stage(step)
+                step += 1
+                last = {"step": step, "stage": stage, "lr": scheduler.get_last_lr()[0],
+                        "grad_norm": float(grad_norm), "seconds": time.perf_counter() - t0,
+                        **{k: float(v) for k, v in stats.items()}}
+                every = self.spec.evaluation.every_steps
+                if every and step % every == 0 and step < total and self.held_out:
+                    mid = self._evaluate(ctx, f"step-{step}")
+                    last["acc_t1"], last["acc_t2"] = mid.metrics.acc_t1, mid.metrics.acc_t2
+                self.metrics.append(last)
+                self._log_metrics(last, tb)
+                self.on_step(last)
+                ckpt = None
+                if step % self.spec.checkpoint.every_steps == 0 or step == total or self._stop:
+                    ckpt = self._checkpoint(ctx, optimizer, scheduler, step, stage)
+                    last_saved = step
+                self.write_progress("Running", step=step, stage=stage, last=last, checkpoint=ckpt)
+        except KeyboardInterrupt:
+            self._stop = True
+        if self._stop and step < total:
+            if last_saved != step:
+                self._checkpoint(ctx, optimizer, scheduler, step, algorithm.stage(step - 1))
+            self.write_progress("Running", step=step, stage=algorithm.stage(step - 1),
+                                message="stopped on request; run again to resume", last=last)
+            return RunResult(self.output, step, interrupted=True, metrics=self.metrics)
+        final_uri = self._save_final(ctx)
+        if self.spec.evaluation.enabled and self.held_out:
+            evals["trained"] = self._evaluate(ctx, "trained")
+        if self.dist.is_main:
+            from scoreops.training.report import write_run_report
+
+            write_run_report(self.output, self.run, self.metrics, evals)
+        self.write_progress("Succeeded", step=step, stage=algorithm.stage(max(0, step - 1)),
+                            last=last, evals=evals)
+        if tb is not None:
+            tb.close()
+            self._upload_tensorboard()
+        return RunResult(self.output, step, metrics=self.metrics, evals=evals,
+                         final_model=final_uri)
+
+    # -- pieces -----------------------------------------------------------------------------
+
+    def _resume(self, ctx: StepContext, optimizer: Any, scheduler: Any) -> int:
+        from scoreops import storage
+
+        ckpts = [] if self.fresh else list_checkpoints(self.output)
+        if self.fresh and self.dist.is_main:
+            for u in list_checkpoints(self.output):
+                storage.delete_prefix(u)
+            if storage.exists(self._uri("metrics.jsonl")):
+                storage.delete(self._uri("metrics.jsonl"))
+        if not ckpts:
+            return 0
+        uri = ckpts[-1]
+        state = load_checkpoint(uri, model=ctx.policy, optimizer=optimizer, scheduler=scheduler)
+        if state.digest != self.digest:
+            raise RunFailed(
+                f"{self.output} holds checkpoints of a different spec (digest {state.digest}, "
+                f"this spec {self.digest}); use another spec.output.uri, or --fresh to discard them")
+        ctx.engine.sync_weights(ctx.policy)
+        self._last_checkpoint = uri
+        if storage.exists(self._uri("metrics.jsonl")):
+            lines = storage.read_text(self._uri("metrics.jsonl")).splitlines()
+            self.metrics = [json.loads(x) for x in lines[: state.metrics_lines] if x.strip()]
+        self.on_event({"event": "resumed", "step": state.step, "checkpoint": uri})
+        return state.step
+
+    def _checkpoint(self, ctx: StepContext, optimizer: Any, scheduler: Any,
+                    step: int, stage: str) -> str | None:
+        if not self.dist.is_main:
+            return None
+        state = TrainerState(step=step, stage=stage, digest=self.digest,
+                             metrics_lines=len(self.metrics))
+        try:
+            uri = save_checkpoint(self.output, model=ctx.policy, optimizer=optimizer,
+                                  scheduler=scheduler, state=state,
+                                  keep=self.spec.checkpoint.keep)
+        except Exception as exc:
+            msg = (f"could not write the checkpoint of step {step} to {self.output}: {exc}; "
+                   f"the previous complete checkpoint ({self._last_checkpoint}) is intact")
+            try:
+                self.write_progress("Failed", step=step, stage=stage, message=msg)
+            except Exception:  # noqa: BLE001 - the storage may be what failed
+                pass
+            raise RunFailed(msg) from exc
+        self._last_checkpoint = uri
+        self.on_event({"event": "checkpoint", "step": step, "uri": uri})
+        return uri
+
+    def _log_metrics(self, m: dict[str, Any], tb: Any) -> None:
+        if not self.dist.is_main:
+            return
+        from scoreops import storage
+
+        storage.write_text(self._uri("metrics.jsonl"),
+                           "".join(json.dumps(x) + "\n" for x in self.metrics))
+        if tb is not None:
+            for k, v in m.items():
+                if isinstance(v, (int, float)) and k != "step":
+                    tb.add_scalar(k, v, m["step"])
+            tb.flush()
+
+    def _tensorboard(self) -> Any:
+        if not self.dist.is_main:
+            return None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            return None
+        self._tb_dir = self._local_work_dir() / "tensorboard"
+        return SummaryWriter(str(self._tb_dir))
+
+    def _local_work_dir(self) -> Path:
+        import hashlib
+
+        from scoreops import storage
+
+        if not storage.is_remote(self.output):
+            return Path(storage.local_path(self.output))
+        key = hashlib.sha256(self.output.encode()).hexdigest()[:12]
+        d = Path.home() / ".cache" / "scoreops" / "work" / key
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    def _upload_tensorboard(self) -> None:
+        from scoreops import storage
+
+        if not storage.is_remote(self.output):
+            return
+        for f in sorted(self._tb_dir.glob("*")):
+            storage.upload_file(f, self._uri("tensorboard", f.name))
+
+    def _save_final(self, ctx: StepContext) -> str | None:
+        """The trained weights as a loadable model directory at ``<output>/final``."""
+        if not self.dist.is_main:
+            return None
+        import tempfile
+
+        from scoreops import storage
+
+        uri = self._uri("final")
+        with tempfile.TemporaryDirectory(prefix="scoreops-final-") as tmp:
+            ctx.policy.save_pretrained(tmp)
+            ctx.tokenizer.save_pretrained(tmp)
+            storage.save_artifact(Path(tmp), uri, metadata={"from": self.spec.model.uri,
+                                                            "run": self.run.metadata.name})
+        return uri
+
+    def _evaluate(self, ctx: StepContext, label: str, cache: bool = False) -> EvalResult:
+        from scoreops import storage
+        from scoreops.metrics import correction_metrics
+        from scoreops.training.evaluation import EvalResult, evaluate_items
+
+        ev = self.spec.evaluation
+        records_uri = self._uri("eval", f"{label}.jsonl")
+        if cache and storage.exists(records_uri):
+            # the base model's evaluation does not change across restarts
+            records = [json.loads(x) for x in storage.read_text(records_uri).splitlines() if x]
+            return EvalResult(correction_metrics([r["correct"] for r in records]), records)
+        self.on_event({"event": "evaluating", "what": label, "n": len(self.held_out)})
+        ctx.policy.eval()
+        res = evaluate_items(
+            ctx.engine, self.held_out, ctx.verifier,
+            instruction=self.spec.rollout.correction_instruction,
+            turns=max(2, self.spec.rollout.turns),
+            max_new_tokens=ev.max_new_tokens or self.spec.rollout.max_new_tokens,
+            system_prompt=self.spec.rollout.system_prompt,
+        )
+        if self.dist.is_main:
+            storage.write_text(records_uri, "".join(json.dumps(r) + "\n" for r in res.records))
+        self.on_event({"event": "evaluated", "what": label, "metrics": res.metrics.to_dict()})
+        return res
+
+
+def install_signal_handlers(trainer: Trainer) -> None:
+    """SIGTERM (pod eviction) and SIGINT finish the step and checkpoint."""
+    def handler(signum: int, frame: Any) -> None:
+        if trainer._stop and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        trainer.request_stop()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
