@@ -13,6 +13,10 @@ scoreops crds --root . >/dev/null
 git diff --exit-code -- manifests/crds charts/scoreops/crds || {
   echo "CRDs are out of date: run 'make crds' and commit the result" >&2; exit 1; }
 
+echo "== test infrastructure (cached under ~/.cache/scoreops after the first run)"
+hack/kube-apiserver.sh >/dev/null
+hack/tools.sh >/dev/null
+
 echo "== pytest"
 set +e
 python -m pytest tests -q "$@"
