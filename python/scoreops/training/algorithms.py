@@ -47,6 +47,14 @@ def make_algorithm(spec: Any) -> StepAlgorithm:
     """The step algorithm for ``spec.algorithm`` (a ScoreRunSpec)."""
     name = spec.algorithm.name
     if name not in _REGISTRY:
+        import importlib
+
+        try:  # algorithms beyond SCoRe/GRPO live in scoreops.training.<name> and register there
+            importlib.import_module(f"scoreops.training.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"scoreops.training.{name}":
+                raise
+    if name not in _REGISTRY:
         known = ", ".join(sorted(_REGISTRY))
         raise NotImplementedError(f"algorithm {name!r} has no trainer here; available: {known}")
     return _REGISTRY[name](spec)
