@@ -106,7 +106,8 @@ def _structural(node: dict[str, Any]) -> dict[str, Any]:
         if bound in node and not isinstance(node[bound], bool):
             node[plain] = node[bound]
             node[bound] = True
-    if node.get("default") is None:
+    if node.get("default") in (None, ""):
+        # the 1.20 API server rejects an empty-string default; absent means the same here
         node.pop("default", None)
     if node.get("type") == "object" or "properties" in node:
         node["type"] = "object"

@@ -139,6 +139,13 @@ class STaRConfig(ApiModel):
     """STaR: sample, keep verified solutions, fine-tune on them."""
 
     rounds: int = Field(1, ge=1, le=20, description="Sample-filter-finetune rounds.")
+    steps_per_round: int = Field(
+        20, ge=1, le=1_000_000,
+        description=(
+            "Optimiser steps of fine-tuning per round; each takes batchSize prompts with the "
+            "solutions the round's starting model produced for them."
+        ),
+    )
     external_correction: bool = Field(
         True, description="Also sample corrections after the correction instruction."
     )
@@ -187,7 +194,7 @@ class AlgorithmSpec(ApiModel):
         if isinstance(cfg, ScoreConfig):
             return cfg.stage1_steps + cfg.stage2_steps
         if isinstance(cfg, STaRConfig):
-            return cfg.rounds
+            return cfg.rounds * cfg.steps_per_round
         return cfg.steps
 
 
