@@ -1,0 +1,102 @@
+"""GRPO's clipped surrogate with a KL penalty to the reference (Shao et al., 2024).
+
+Per token t of sequence i, with ``ρ = exp(logp − old_logp)`` and sequence advantage ``A_i``::
+
+    ℓ_{i,t} = −min(ρ·A_i, clip(ρ, 1−ε, 1+ε)·A_i) + β · k(logp, ref_logp)
+
+``old_logp`` are the log-probs of the policy that sampled the tokens; with a single update per
+batch they equal ``logp.detach()`` and ρ ≡ 1 (the gradient is then the plain policy gradient).
+
+Aggregation over tokens:
+
+* ``"token-mean"``: Σ_{i,t} ℓ / Σ_{i,t} 1 over all valid tokens of the batch (DAPO, TRL's
+  default): every token weighs the same, long answers are not down-weighted.
+* ``"seq-mean"``: mean_i( Σ_t ℓ_{i,t} / |y_i| ) (the GRPO paper): every sequence weighs the same.
+
+With gradient accumulation, ``"token-mean"`` normalises by the tokens of *this* call.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Literal
+
+from scoreops.algorithms.kl import KLEstimator, per_token_kl
+
+if TYPE_CHECKING:
+    import torch
+
+LossAggregation = Literal["token-mean", "seq-mean"]
+
+__all__ = ["LossAggregation", "grpo_loss"]
+
+
+def grpo_loss(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor | None,
+    ref_logp: torch.Tensor | None,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    clip_eps: float = 0.2,
+    beta: float = 0.04,
+    kl_estimator: KLEstimator = "k3",
+    loss_agg: LossAggregation = "token-mean",
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Clipped-ratio GRPO loss (to minimise).
+
+    Args:
+        logp: ``[B, T]`` log-probs of the sampled tokens under the current policy (gradient).
+        old_logp: ``[B, T]`` log-probs under the sampling policy; ``None`` means on-policy
+            (``logp.detach()``).
+        ref_logp: ``[B, T]`` reference log-probs; may be ``None`` only when ``beta == 0``.
+        advantages: ``[B]`` per sequence (broadcast over its tokens) or ``[B, T]`` per token.
+        mask: ``[B, T]`` 1 for completion tokens, 0 for prompt and padding.
+
+    Returns:
+        ``(loss, stats)``; stats: ``loss``, ``pg_loss``, ``kl`` (mean per token),
+        ``clip_fraction`` (share of tokens whose clipped term was the active one),
+        ``ratio_mean``, ``tokens``.
+    """
+    import torch
+
+    if logp.shape != mask.shape:
+        raise ValueError(f"logp {tuple(logp.shape)} and mask {tuple(mask.shape)} differ in shape")
+    if loss_agg not in ("token-mean", "seq-mean"):
+        raise ValueError(f"unknown loss_agg {loss_agg!r}; expected 'token-mean' or 'seq-mean'")
+    m = mask.to(logp.dtype)
+    adv = advantages.to(logp.dtype).detach()
+    if adv.dim() == 1:
+        adv = adv.unsqueeze(-1)
+    old = logp.detach() if old_logp is None else old_logp.detach()
+
+    ratio = torch.exp(logp - old)
+    unclipped = ratio * adv
+    clipped = torch.clamp(ratio, 1.0 - clip_eps, 1.0 + clip_eps) * adv
+    pg_tok = -torch.minimum(unclipped, clipped)
+    if beta != 0.0:
+        if ref_logp is None:
+            raise ValueError("ref_logp is required when beta != 0")
+        kl_tok = per_token_kl(logp, ref_logp, kl_estimator)
+    else:
+        kl_tok = torch.zeros_like(logp)
+    tok_loss = pg_tok + beta * kl_tok
+
+    def agg(x: torch.Tensor) -> torch.Tensor:
+        if loss_agg == "token-mean":
+            return (x * m).sum() / m.sum().clamp(min=1.0)
+        per_seq = (x * m).sum(dim=-1) / m.sum(dim=-1).clamp(min=1.0)
+        return per_seq.mean()
+
+    loss = agg(tok_loss)
+    with torch.no_grad():
+        n_tok = m.sum().clamp(min=1.0)
+        clipped_active = (clipped < unclipped).to(logp.dtype)
+        stats = {
+            "loss": loss.item(),
+            "pg_loss": agg(pg_tok).item(),
+            "kl": ((kl_tok * m).sum() / n_tok).item(),
+            "clip_fraction": ((clipped_active * m).sum() / n_tok).item(),
+            "ratio_mean": ((ratio * m).sum() / n_tok).item(),
+            "tokens": m.sum().item(),
+        }
+    return loss, stats

@@ -1,0 +1,113 @@
+"""MGRPO (Ding et al., 2025, "Multi-Layer GRPO"): GRPO on the question, then GRPO on guided
+self-corrections of its own answers; both layers update the same policy.
+
+* **Layer 1** is plain GRPO: G samples ``o_1 … o_G`` of the question x, group-normalised
+  advantages, clipped ratio, k3 KL to the reference.
+* **Layer 2** turns every layer-1 output into a correction prompt
+  ``x'_i = x ⊕ o_i ⊕ g_i`` with a guide phrase ``g_i`` drawn from a pool, samples one
+  correction per ``x'_i`` and keeps the prompts whose correction the rule-based verifier
+  accepts (``G' ≤ G`` per question: a correction of ``o_i`` is known to be reachable from
+  there). For each kept ``x'_i`` it samples ``H`` fresh corrections ("variations") and applies
+  GRPO to that group of H. A kept group whose H variations all score the same carries no
+  gradient (zero advantages), as in GRPO.
+
+The functions here are pure: the guide-phrase draw, the selection, the per-group advantages
+and the two-layer loss. :mod:`scoreops.training.mgrpo` wires them to rollouts.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from scoreops.algorithms.advantages import group_normalized
+from scoreops.algorithms.grpo import grpo_loss
+from scoreops.algorithms.kl import KLEstimator
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = [
+    "draw_guide_phrases",
+    "layer2_advantages",
+    "layer_loss",
+    "mgrpo_loss",
+    "select_corrections",
+]
+
+
+def draw_guide_phrases(pool: Sequence[str], n: int, *, seed: int) -> list[str]:
+    """``n`` guide phrases drawn uniformly with replacement from ``pool``; the same seed (the
+    step's seed) always draws the same phrases, so a resumed run repeats them exactly."""
+    if not pool:
+        raise ValueError("the guide phrase pool is empty")
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    rng = random.Random(seed)
+    return [pool[rng.randrange(len(pool))] for _ in range(n)]
+
+
+def select_corrections(rewards: Sequence[float], *, threshold: float = 0.5) -> list[int]:
+    """Indices of the layer-2 prompts whose sampled correction the verifier accepted
+    (``reward >= threshold``), in order. These prompts become layer-2 GRPO groups."""
+    return [i for i, r in enumerate(rewards) if r >= threshold]
+
+
+def layer2_advantages(
+    rewards: torch.Tensor, *, scale: bool = True, eps: float = 1e-6
+) -> torch.Tensor:
+    """Advantages ``[K·H]`` of the variations from their rewards ``[K, H]`` (K kept groups of H
+    variations each): group-normalised within each group, flattened group-contiguously."""
+    if rewards.dim() != 2:
+        raise ValueError(f"rewards must be [groups, variations], got {tuple(rewards.shape)}")
+    r = rewards if rewards.is_floating_point() else rewards.float()
+    return group_normalized(r, eps=eps, scale=scale).reshape(-1)
+
+
+def layer_loss(
+    logp: torch.Tensor,
+    ref_logp: torch.Tensor | None,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    layer: int,
+    weight: float = 1.0,
+    clip_eps: float = 0.2,
+    beta: float = 0.001,
+    kl_estimator: KLEstimator = "k3",
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """One layer's GRPO loss times ``weight``; statistics prefixed ``layer{layer}_``.
+
+    ``mask`` selects the tokens this layer trains: the answer for layer 1, the correction
+    (not the layer-1 answer it follows, which is context) for layer 2.
+    """
+    loss, stats = grpo_loss(logp, None, ref_logp, advantages, mask, clip_eps=clip_eps,
+                            beta=beta, kl_estimator=kl_estimator)
+    return loss * weight, {f"layer{layer}_{k}": v for k, v in stats.items()}
+
+
+def mgrpo_loss(
+    layer1: tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor],
+    layer2: tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor] | None,
+    *,
+    layer2_weight: float = 1.0,
+    clip_eps: float = 0.2,
+    beta: float = 0.001,
+    kl_estimator: KLEstimator = "k3",
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """``L = L_GRPO(layer 1) + w · L_GRPO(layer 2)`` (to minimise).
+
+    Each layer is ``(logp [B, T], ref_logp [B, T] | None, advantages [B], mask [B, T])`` and is
+    token-averaged over its own tokens, so neither layer's weight depends on how long the
+    other layer's sequences are. ``layer2=None`` (no correction survived selection) leaves
+    plain GRPO.
+    """
+    common = {"clip_eps": clip_eps, "beta": beta, "kl_estimator": kl_estimator}
+    loss, stats = layer_loss(*layer1, layer=1, **common)
+    if layer2 is not None:
+        l2, s2 = layer_loss(*layer2, layer=2, weight=layer2_weight, **common)
+        loss = loss + l2
+        stats.update(s2)
+    stats["loss"] = float(loss.item())
+    return loss, stats

@@ -1,0 +1,210 @@
+"""SCoRe (Kumar et al., 2024): two-stage multi-turn RL that teaches self-correction.
+
+An episode is ``x → y1 ~ π(·|x)``, ``x2 = x ⊕ y1 ⊕ instruction``, ``y2 ~ π(·|x2)`` with rewards
+``r1 = r(y1)``, ``r2 = r(y2)`` in {0, 1}. The losses below take *token-level* log-probabilities
+``[B, T]`` of one packed sequence per episode (``[x][y1][instruction][y2]``) and a mask per turn
+that selects the tokens generated in that turn; the same ``[B, T]`` tensor may be passed as
+``logp1`` and ``logp2`` with different masks.
+
+Choices, made explicit:
+
+* **Sequence-level sums.** The policy-gradient term of a turn is ``A · Σ_t log π(y_t)`` over
+  that turn's tokens (REINFORCE on the turn's sequence probability), and the KL of a turn is
+  the per-token estimator summed over its tokens (an estimate of the sequence-level KL).
+  Both are averaged over the B episodes. Longer answers therefore carry proportionally more
+  gradient, as in the exact sequence-level objective; there is no per-token length
+  normalisation.
+* **KL as a loss term**, not a reward penalty: ``β · Σ_t k(logp_t, ref_logp_t)`` is
+  differentiated directly (as in GRPO), with the k3 estimator by default.
+* **Baselines over the group.** The batch holds P prompts × G samples in group-contiguous order
+  (rows ``p*G … p*G+G−1`` share prompt p — the order :func:`scoreops.rollout.run_episodes`
+  produces). ``baseline="loo"`` subtracts the mean return of the other G−1 samples (unbiased),
+  ``"mean"`` the group mean, ``"none"`` nothing.
+* **Stage I** maximises ``E[r2] − β2·KL_turn1 − β1·KL_turn2``. Only the turn-2 tokens receive a
+  policy gradient; the turn-1 tokens receive only the (strong, β2) KL term that keeps the first
+  attempt at the base model's distribution — the point of stage I is to learn to correct
+  base-model first attempts without collapsing the first attempt onto the second.
+* **Stage II** maximises ``r1 + r̂2 − β1·(KL_turn1 + KL_turn2)`` with the shaped turn-2 reward
+  ``r̂2 = r2 + α·(r2 − r1)``. This is REINFORCE with return-to-go: turn-1 tokens are credited
+  with the return of both turns ``r1 + r̂2 = (1−α)·r1 + (1+α)·r2`` (the first attempt influences
+  both rewards), turn-2 tokens with ``r̂2`` (the second attempt cannot change ``r1``). This is
+  the exact policy gradient of the stated objective. Note what shaping implies for turn 1 when
+  α > 1: a right-then-wrong episode gets a negative turn-1 return, a wrong-then-right one the
+  largest — the bonus rewards *flipping* to correct, and β1 keeps turn 1 close to the base.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Literal
+
+from scoreops.algorithms.advantages import leave_one_out
+from scoreops.algorithms.kl import KLEstimator, per_token_kl
+
+if TYPE_CHECKING:
+    import torch
+
+Baseline = Literal["loo", "mean", "none"]
+
+__all__ = ["Baseline", "shaped_turn2_reward", "stage1_loss", "stage2_loss"]
+
+
+def shaped_turn2_reward(
+    r1: torch.Tensor, r2: torch.Tensor, alpha: float
+) -> torch.Tensor:
+    """SCoRe's stage-II turn-2 reward ``r2 + α·(r2 − r1)``: a bonus for incorrect → correct and
+    a penalty for correct → incorrect, α times the size of the plain reward."""
+    return r2 + alpha * (r2 - r1)
+
+
+def _advantages(returns: torch.Tensor, group_size: int, baseline: Baseline) -> torch.Tensor:
+    """Per-episode advantages ``[B]`` from per-episode returns ``[B]``."""
+    if returns.dim() != 1:
+        raise ValueError(f"rewards must be [batch], got shape {tuple(returns.shape)}")
+    if group_size < 1 or returns.shape[0] % group_size != 0:
+        raise ValueError(
+            f"batch of {returns.shape[0]} episodes is not a whole number of groups of "
+            f"group_size={group_size}"
+        )
+    if baseline == "none":
+        return returns
+    grouped = returns.reshape(-1, group_size)
+    if baseline == "mean":
+        return (grouped - grouped.mean(dim=1, keepdim=True)).reshape(-1)
+    if baseline == "loo":
+        return leave_one_out(grouped).reshape(-1)
+    raise ValueError(f"unknown baseline {baseline!r}; expected 'loo', 'mean' or 'none'")
+
+
+def _masked_sum(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return (values * mask.to(values.dtype)).sum(dim=-1)
+
+
+def _check_shapes(**tensors: torch.Tensor) -> None:
+    shapes = {name: tuple(t.shape) for name, t in tensors.items()}
+    if len(set(shapes.values())) != 1:
+        raise ValueError(f"token-level tensors must share one shape [B, T], got {shapes}")
+
+
+def _turn_terms(
+    logp: torch.Tensor,
+    ref_logp: torch.Tensor,
+    mask: torch.Tensor,
+    kl_estimator: KLEstimator,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(Σ_t log π over the turn, Σ_t KL estimate over the turn), each ``[B]``."""
+    return _masked_sum(logp, mask), _masked_sum(per_token_kl(logp, ref_logp, kl_estimator), mask)
+
+
+def stage1_loss(
+    logp1: torch.Tensor,
+    ref_logp1: torch.Tensor,
+    logp2: torch.Tensor,
+    ref_logp2: torch.Tensor,
+    mask1: torch.Tensor,
+    mask2: torch.Tensor,
+    r2: torch.Tensor,
+    *,
+    beta1: float,
+    beta2: float,
+    baseline: Baseline = "loo",
+    kl_estimator: KLEstimator = "k3",
+    group_size: int,
+    r1: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """SCoRe stage I loss (to minimise)::
+
+        L = mean_b[ −A2_b · Σ_{t∈turn2} log π  +  β2 · Σ_{t∈turn1} KL_t  +  β1 · Σ_{t∈turn2} KL_t ]
+
+    with ``A2 = baseline(r2)`` over each group of ``group_size`` samples of a prompt.
+
+    Args:
+        logp1, logp2: policy log-probs ``[B, T]`` (with gradient); masks select each turn's tokens.
+        ref_logp1, ref_logp2: reference-model log-probs ``[B, T]`` (no gradient).
+        mask1, mask2: ``[B, T]`` 0/1 (bool or float) masks of the turn-1 / turn-2 tokens.
+        r2: turn-2 rewards ``[B]``.
+        r1: optional turn-1 rewards ``[B]``, used only for the ``reward_turn1`` statistic.
+
+    Returns:
+        ``(loss, stats)``; stats are floats: ``loss``, ``pg_loss``, ``kl_turn1``, ``kl_turn2``
+        (mean per-episode sequence KL), ``reward_turn2`` (and ``reward_turn1`` when given),
+        ``advantage_abs``, ``tokens_turn1``, ``tokens_turn2`` (mean lengths).
+    """
+    _check_shapes(
+        logp1=logp1, ref_logp1=ref_logp1, logp2=logp2, ref_logp2=ref_logp2,
+        mask1=mask1, mask2=mask2,
+    )
+    adv2 = _advantages(r2.to(logp2.dtype), group_size, baseline)
+    _, kl1 = _turn_terms(logp1, ref_logp1, mask1, kl_estimator)
+    seq2, kl2 = _turn_terms(logp2, ref_logp2, mask2, kl_estimator)
+    pg = -(adv2.detach() * seq2)
+    loss = (pg + beta2 * kl1 + beta1 * kl2).mean()
+    stats = {
+        "loss": loss.item(),
+        "pg_loss": pg.mean().item(),
+        "kl_turn1": kl1.mean().item(),
+        "kl_turn2": kl2.mean().item(),
+        "reward_turn2": r2.float().mean().item(),
+        "advantage_abs": adv2.abs().mean().item(),
+        "tokens_turn1": mask1.float().sum(dim=-1).mean().item(),
+        "tokens_turn2": mask2.float().sum(dim=-1).mean().item(),
+    }
+    if r1 is not None:
+        stats["reward_turn1"] = r1.float().mean().item()
+    return loss, stats
+
+
+def stage2_loss(
+    logp1: torch.Tensor,
+    ref_logp1: torch.Tensor,
+    logp2: torch.Tensor,
+    ref_logp2: torch.Tensor,
+    mask1: torch.Tensor,
+    mask2: torch.Tensor,
+    r1: torch.Tensor,
+    r2: torch.Tensor,
+    *,
+    alpha: float,
+    beta1: float,
+    baseline: Baseline = "loo",
+    kl_estimator: KLEstimator = "k3",
+    group_size: int,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """SCoRe stage II loss (to minimise)::
+
+        r̂2 = r2 + α·(r2 − r1)
+        A1 = baseline(r1 + r̂2),  A2 = baseline(r̂2)
+        L  = mean_b[ −A1_b · Σ_{turn1} log π − A2_b · Σ_{turn2} log π
+                     + β1 · (Σ_{turn1} KL_t + Σ_{turn2} KL_t) ]
+
+    Arguments as in :func:`stage1_loss`, plus turn-1 rewards ``r1 [B]`` and the shaping ``alpha``.
+
+    Returns:
+        ``(loss, stats)``; stats: ``loss``, ``pg_loss``, ``kl_turn1``, ``kl_turn2``,
+        ``reward_turn1``, ``reward_turn2``, ``shaped_reward_turn2``, ``advantage_abs``,
+        ``tokens_turn1``, ``tokens_turn2``.
+    """
+    _check_shapes(
+        logp1=logp1, ref_logp1=ref_logp1, logp2=logp2, ref_logp2=ref_logp2,
+        mask1=mask1, mask2=mask2,
+    )
+    r1f, r2f = r1.to(logp1.dtype), r2.to(logp2.dtype)
+    shaped = shaped_turn2_reward(r1f, r2f, alpha)
+    adv1 = _advantages(r1f + shaped, group_size, baseline)
+    adv2 = _advantages(shaped, group_size, baseline)
+    seq1, kl1 = _turn_terms(logp1, ref_logp1, mask1, kl_estimator)
+    seq2, kl2 = _turn_terms(logp2, ref_logp2, mask2, kl_estimator)
+    pg = -(adv1.detach() * seq1 + adv2.detach() * seq2)
+    loss = (pg + beta1 * (kl1 + kl2)).mean()
+    stats = {
+        "loss": loss.item(),
+        "pg_loss": pg.mean().item(),
+        "kl_turn1": kl1.mean().item(),
+        "kl_turn2": kl2.mean().item(),
+        "reward_turn1": r1f.mean().item(),
+        "reward_turn2": r2f.mean().item(),
+        "shaped_reward_turn2": shaped.mean().item(),
+        "advantage_abs": 0.5 * (adv1.abs().mean() + adv2.abs().mean()).item(),
+        "tokens_turn1": mask1.float().sum(dim=-1).mean().item(),
+        "tokens_turn2": mask2.float().sum(dim=-1).mean().item(),
+    }
+    return loss, stats

@@ -1,0 +1,93 @@
+"""Multi-turn episodes: attempt → correction instruction → attempt → …"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+from scoreops.rollout.chat import continuation_ids, encode_conversation, follow_up
+from scoreops.rollout.types import Conversation, Episode, RolloutEngine, SamplingParams, Turn
+
+__all__ = ["run_episodes"]
+
+
+def _turn_seed(seed: int | None, turn: int) -> int | None:
+    # A distinct stream per turn: turn 2 must not replay turn 1's random draws.
+    return None if seed is None else seed + 1_000_003 * turn
+
+
+def run_episodes(
+    engine: RolloutEngine,
+    questions: Sequence[str],
+    *,
+    instruction: str,
+    turns: int = 2,
+    params: SamplingParams,
+    system_prompt: str | None = None,
+) -> list[Episode]:
+    """Run ``turns``-attempt episodes, ``params.n`` per question.
+
+    Turn 1 answers ``[system?] + user(question)``; turn t+1 answers turn t's conversation +
+    ``assistant(turn t's text)`` + ``user(instruction)``. Each of the n samples of a question
+    continues its own trajectory (n first attempts, each with its own correction). Turn t+1's
+    prompt tokens are turn t's prompt + completion tokens + the template's tokens for the
+    instruction (see :mod:`scoreops.rollout.chat`), passed to the engine as
+    ``prompt_token_ids``.
+
+    Returns:
+        ``len(questions) * params.n`` episodes in group-contiguous order: question 0's samples
+        0 … n−1, then question 1's, … (the order the SCoRe / GRPO baselines expect).
+    """
+    if turns < 1:
+        raise ValueError(f"turns must be >= 1, got {turns}")
+    tokenizer = engine.tokenizer
+    conversations: list[Conversation] = []
+    for q in questions:
+        conv: Conversation = []
+        if system_prompt is not None:
+            conv.append({"role": "system", "content": system_prompt})
+        conv.append({"role": "user", "content": q})
+        conversations.append(conv)
+    prompt_ids = [encode_conversation(tokenizer, c) for c in conversations]
+    first_params = dataclasses.replace(params, seed=_turn_seed(params.seed, 0))
+    grouped = engine.generate(conversations, first_params, prompt_token_ids=prompt_ids)
+
+    episodes: list[Episode] = []
+    for qi, (q, conv, ids, completions) in enumerate(
+        zip(questions, conversations, prompt_ids, grouped, strict=True)
+    ):
+        if len(completions) != params.n:
+            raise RuntimeError(f"engine returned {len(completions)} completions, expected {params.n}")
+        for s, c in enumerate(completions):
+            episodes.append(
+                Episode(
+                    question=q,
+                    question_index=qi,
+                    sample=s,
+                    turns=[Turn(messages=list(conv), completion=c, prompt_token_ids=list(ids))],
+                )
+            )
+
+    later_params = dataclasses.replace(params, n=1)
+    for t in range(1, turns):
+        convs: list[Conversation] = []
+        ids_list: list[list[int]] = []
+        for ep in episodes:
+            last = ep.turns[-1]
+            if last.prompt_token_ids is None:  # only if a caller edited the episode
+                last.prompt_token_ids = encode_conversation(tokenizer, last.messages)
+            conv, new = follow_up(last.messages, last.completion.text, instruction)
+            convs.append(conv)
+            ids_list.append(
+                continuation_ids(
+                    tokenizer, last.messages, last.prompt_token_ids, last.completion.token_ids, new
+                )
+            )
+        outs = engine.generate(
+            convs,
+            dataclasses.replace(later_params, seed=_turn_seed(params.seed, t)),
+            prompt_token_ids=ids_list,
+        )
+        for ep, conv, ids, out in zip(episodes, convs, ids_list, outs, strict=True):
+            ep.turns.append(Turn(messages=conv, completion=out[0], prompt_token_ids=ids))
+    return episodes

@@ -1,0 +1,286 @@
+"""The RL objectives against values worked out by hand on tiny tensors.
+
+Constants used below (to 10 digits): e^0.5 = 1.6487212707, e^-0.5 = 0.6065306597,
+e^0.2 = 1.2214027582, e^-0.2 = 0.8187307531, e^0.3 = 1.3498588076, e^-0.3 = 0.7408182207,
+ln 2 = 0.6931471806.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from scoreops.algorithms import (  # noqa: E402
+    group_normalized,
+    grpo_loss,
+    leave_one_out,
+    per_token_kl,
+    shaped_turn2_reward,
+    stage1_loss,
+    stage2_loss,
+)
+
+LN2 = 0.6931471806
+
+
+def t(values: list) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.float64)
+
+
+def close(actual: torch.Tensor | float, expected: list | float, tol: float = 1e-8) -> None:
+    a = torch.as_tensor(actual, dtype=torch.float64)
+    torch.testing.assert_close(a, torch.as_tensor(expected, dtype=torch.float64), atol=tol, rtol=0)
+
+
+# ---------------------------------------------------------------- KL estimators
+
+
+def test_kl_estimators_policy_likelier_than_reference() -> None:
+    # π(y) = 0.5, π_ref(y) = 0.25: log_r = ln(0.25/0.5) = −ln 2
+    logp, ref = t([math.log(0.5)]), t([math.log(0.25)])
+    close(per_token_kl(logp, ref, "k1"), [LN2])  # −log_r
+    close(per_token_kl(logp, ref, "k2"), [0.5 * LN2 * LN2])  # ½·0.480453014 = 0.240226507
+    close(per_token_kl(logp, ref, "k3"), [0.5 + LN2 - 1.0])  # r − log_r − 1 = 0.1931471806
+
+
+def test_kl_estimators_reference_likelier_than_policy() -> None:
+    # π(y) = 0.25, π_ref(y) = 0.5: log_r = +ln 2, r = 2
+    logp, ref = t([math.log(0.25)]), t([math.log(0.5)])
+    close(per_token_kl(logp, ref, "k1"), [-LN2])  # k1 can be negative
+    close(per_token_kl(logp, ref, "k2"), [0.2402265070])
+    close(per_token_kl(logp, ref, "k3"), [2.0 - LN2 - 1.0])  # 0.3068528194
+
+
+def test_kl_is_zero_at_the_reference_and_rejects_unknown_estimator() -> None:
+    x = t([-1.0, -2.0, -3.0])
+    for est in ("k1", "k2", "k3"):
+        close(per_token_kl(x, x, est), [0.0, 0.0, 0.0])
+    with pytest.raises(ValueError, match="k4"):
+        per_token_kl(x, x, "k4")  # type: ignore[arg-type]
+
+
+def test_k3_gradient_is_one_minus_the_reference_ratio() -> None:
+    logp = t([-2.0]).requires_grad_()
+    per_token_kl(logp, t([-1.5]), "k3").sum().backward()
+    # d/dlogp [e^(ref−logp) − (ref−logp) − 1] = 1 − e^0.5
+    close(logp.grad, [1.0 - 1.6487212707])
+
+
+# ---------------------------------------------------------------- advantages
+
+
+def test_leave_one_out() -> None:
+    adv = leave_one_out(t([[1, 0, 0, 1], [1, 1, 1, 0]]))
+    # row 0, sample 0: 1 − (0+0+1)/3 = 2/3; sample 1: 0 − (1+0+1)/3 = −2/3
+    # row 1, sample 0: 1 − (1+1+0)/3 = 1/3; sample 3: 0 − (1+1+1)/3 = −1
+    close(adv, [[2 / 3, -2 / 3, -2 / 3, 2 / 3], [1 / 3, 1 / 3, 1 / 3, -1.0]])
+
+
+def test_leave_one_out_needs_two_samples() -> None:
+    with pytest.raises(ValueError, match="at least 2"):
+        leave_one_out(t([[1.0], [0.0]]))
+    with pytest.raises(ValueError, match="prompts, group"):
+        leave_one_out(t([1.0, 0.0]))
+
+
+def test_group_normalized() -> None:
+    # [1,0,0,1]: mean 0.5, unbiased var = 4·0.25/3 = 1/3, std = 0.5773502692 → ±0.8660254038
+    # [0,0,3]:   mean 1,  deviations (−1,−1,2), var = 6/2 = 3, std = 1.7320508076
+    close(group_normalized(t([[1, 0, 0, 1]]), eps=0.0),
+          [[0.8660254038, -0.8660254038, -0.8660254038, 0.8660254038]])
+    close(group_normalized(t([[0, 0, 3]]), eps=0.0), [[-0.5773502692, -0.5773502692, 1.1547005384]])
+    # all-equal group: no signal
+    close(group_normalized(t([[2, 2, 2]])), [[0.0, 0.0, 0.0]])
+    # scale=False only centres
+    close(group_normalized(t([[1, 0, 0, 1]]), scale=False), [[0.5, -0.5, -0.5, 0.5]])
+    # eps keeps the division finite and shrinks the values slightly
+    close(group_normalized(t([[1, 0]]), eps=1e-6), [[0.5 / (0.7071067812 + 1e-6),
+                                                     -0.5 / (0.7071067812 + 1e-6)]], tol=1e-9)
+
+
+# ---------------------------------------------------------------- SCoRe
+
+# Two episodes (one prompt, G = 2), three tokens each: token 0 is turn 1, tokens 1–2 turn 2.
+LOGP = [[-1.0, -2.0, -0.5], [-1.0, -1.0, -1.0]]
+REF = [[-1.0, -1.5, -0.5], [-1.2, -1.0, -0.8]]
+MASK1 = [[1, 0, 0], [1, 0, 0]]
+MASK2 = [[0, 1, 1], [0, 1, 1]]
+# k3 per token, log_r = ref − logp:
+#   row 0: (0, 0.5, 0)  → (0, e^0.5 − 1.5 = 0.1487212707, 0)
+#   row 1: (−0.2, 0, 0.2) → (e^−0.2 − 0.8 = 0.0187307531, 0, e^0.2 − 1.2 = 0.0214027582)
+K3_ROW0_T1 = 0.1487212707
+K3_ROW1_T0 = 0.0187307531
+K3_ROW1_T2 = 0.0214027582
+
+
+def test_shaped_turn2_reward() -> None:
+    # r2 + 10·(r2 − r1)
+    close(shaped_turn2_reward(t([0, 1, 1, 0]), t([1, 0, 1, 0]), 10.0), [11.0, -10.0, 1.0, 0.0])
+    close(shaped_turn2_reward(t([0, 1]), t([1, 0]), 0.0), [1.0, 0.0])
+
+
+def test_stage1_loss_value_and_stats() -> None:
+    logp = t(LOGP).requires_grad_()
+    loss, stats = stage1_loss(
+        logp, t(REF), logp, t(REF), t(MASK1), t(MASK2), t([1.0, 0.0]),
+        beta1=0.01, beta2=0.1, group_size=2, r1=t([0.0, 1.0]),
+    )
+    # LOO advantages for r2 = (1, 0): (1, −1). Turn-2 log-prob sums: (−2.5, −2).
+    # pg = −A·Σlogp: (2.5, −2) → mean 0.25
+    # row 0: 2.5 + 0.1·0 + 0.01·0.1487212707 = 2.501487212707
+    # row 1: −2 + 0.1·0.0187307531 + 0.01·0.0214027582 = −1.997912897108
+    close(loss, (2.501487212707 - 1.997912897108) / 2)  # 0.2517871578
+    assert stats["pg_loss"] == pytest.approx(0.25)
+    assert stats["kl_turn1"] == pytest.approx(K3_ROW1_T0 / 2)
+    assert stats["kl_turn2"] == pytest.approx((K3_ROW0_T1 + K3_ROW1_T2) / 2)
+    assert stats["reward_turn2"] == pytest.approx(0.5)
+    assert stats["reward_turn1"] == pytest.approx(0.5)
+    assert stats["tokens_turn1"] == 1.0 and stats["tokens_turn2"] == 2.0
+
+    loss.backward()
+    # turn-2 token of row 0: (1/B)(−A + β1(1 − e^0.5)) = 0.5·(−1 − 0.01·0.6487212707)
+    close(logp.grad[0, 1], -0.503243606354, tol=1e-9)
+    # turn-1 tokens get only the β2 KL gradient: row 0 sits at the reference (0),
+    # row 1: 0.5·0.1·(1 − e^−0.2) = 0.5·0.1·0.1812692469
+    close(logp.grad[0, 0], 0.0)
+    close(logp.grad[1, 0], 0.009063462345, tol=1e-9)
+
+
+def test_stage1_baselines() -> None:
+    args = (t(LOGP), t(REF), t(LOGP), t(REF), t(MASK1), t(MASK2), t([1.0, 0.0]))
+    kw = {"beta1": 0.0, "beta2": 0.0, "group_size": 2}
+    # no baseline: A = r2 = (1, 0): pg = (2.5, 0) → 1.25
+    _, none = stage1_loss(*args, baseline="none", **kw)
+    assert none["pg_loss"] == pytest.approx(1.25)
+    # group mean: A = (0.5, −0.5): pg = (1.25, −1) → 0.125
+    _, mean = stage1_loss(*args, baseline="mean", **kw)
+    assert mean["pg_loss"] == pytest.approx(0.125)
+    with pytest.raises(ValueError, match="group_size=3"):
+        stage1_loss(*args, group_size=3, beta1=0.0, beta2=0.0)
+
+
+def test_stage2_loss_value_and_stats() -> None:
+    logp = t(LOGP).requires_grad_()
+    loss, stats = stage2_loss(
+        logp, t(REF), logp, t(REF), t(MASK1), t(MASK2), t([0.0, 1.0]), t([1.0, 0.0]),
+        alpha=10.0, beta1=0.01, group_size=2,
+    )
+    # r̂2 = r2 + 10(r2 − r1) = (11, −10); turn-1 return r1 + r̂2 = (11, −9)
+    # LOO with G = 2 is r_i − r_other: A1 = (20, −20), A2 = (21, −21)
+    # turn sums: turn 1 (−1, −1), turn 2 (−2.5, −2)
+    # pg row 0 = −(20·−1 + 21·−2.5) = 72.5; row 1 = −(−20·−1 + −21·−2) = −62  → mean 5.25
+    # KL row 0 = 0.1487212707, row 1 = 0.0187307531 + 0.0214027582 = 0.0401335113
+    close(loss, (72.5 + 0.01 * 0.1487212707 - 62.0 + 0.01 * 0.0401335113) / 2)  # 5.2509442739
+    assert stats["pg_loss"] == pytest.approx(5.25)
+    assert stats["shaped_reward_turn2"] == pytest.approx(0.5)
+    assert stats["reward_turn1"] == pytest.approx(0.5)
+    assert stats["reward_turn2"] == pytest.approx(0.5)
+    assert stats["kl_turn1"] == pytest.approx(K3_ROW1_T0 / 2)
+
+    loss.backward()
+    # turn-1 token of row 0: credited with A1 = 20 → 0.5·(−20 + 0.01·0) = −10
+    close(logp.grad[0, 0], -10.0)
+    # turn-2 token of row 1: 0.5·(+21 + 0.01·(1 − e^0)) = 10.5
+    close(logp.grad[1, 1], 10.5)
+
+
+def test_stage_losses_reject_mismatched_shapes() -> None:
+    with pytest.raises(ValueError, match="mask2"):
+        stage1_loss(t(LOGP), t(REF), t(LOGP), t(REF), t(MASK1), t([[0, 1]]), t([1.0, 0.0]),
+                    beta1=0.0, beta2=0.0, group_size=2)
+
+
+# ---------------------------------------------------------------- GRPO
+
+G_LOGP = [[-1.0, -2.0], [-0.5, -1.0]]
+G_OLD = [[-1.3, -2.0], [-0.5, -0.7]]
+G_REF = [[-1.0, -2.5], [-0.5, -1.0]]
+# ratios: row 0 (e^0.3 = 1.3498588076 → clipped to 1.2, 1); row 1 (1, e^−0.3 = 0.7408182207 → 0.8)
+# A = (1, −1): per-token pg = −min(ρA, clip(ρ)A):
+#   row 0: (−min(1.3499, 1.2) = −1.2, −1);  row 1: (1, −min(−0.7408, −0.8) = 0.8)
+# k3: only row 0 token 1 differs: log_r = −0.5 → e^−0.5 + 0.5 − 1 = 0.1065306597
+
+
+def test_grpo_token_mean() -> None:
+    logp = t(G_LOGP).requires_grad_()
+    mask = t([[1, 1], [1, 0]])
+    loss, stats = grpo_loss(logp, t(G_OLD), t(G_REF), t([1.0, -1.0]), mask, clip_eps=0.2,
+                            beta=0.04)
+    # (−1.2 + (−1 + 0.04·0.1065306597) + 1) / 3 tokens
+    close(loss, (-1.2 - 1.0 + 0.04 * 0.1065306597 + 1.0) / 3)  # −0.3985795912
+    assert stats["clip_fraction"] == pytest.approx(1 / 3)  # row 0 token 0; row 1 token 1 masked
+    assert stats["kl"] == pytest.approx(0.1065306597 / 3)
+    assert stats["tokens"] == 3.0
+    loss.backward()
+    close(logp.grad[0, 0], 0.0)  # clipped: no gradient through the ratio
+    # −A·ρ + β(1 − e^−0.5) = −1 + 0.04·0.3934693403, over 3 tokens
+    close(logp.grad[0, 1], (-1.0 + 0.04 * 0.3934693403) / 3, tol=1e-9)
+    close(logp.grad[1, 0], 1 / 3)
+    close(logp.grad[1, 1], 0.0)  # masked
+
+
+def test_grpo_seq_mean_and_clip_on_negative_advantage() -> None:
+    mask = t([[1, 1], [1, 0]])
+    loss, _ = grpo_loss(t(G_LOGP), t(G_OLD), t(G_REF), t([1.0, -1.0]), mask, beta=0.04,
+                        loss_agg="seq-mean")
+    # row 0 mean (−1.2 − 0.9957387736)/2 = −1.0978693868; row 1 mean 1/1 = 1
+    close(loss, (-1.0978693868 + 1.0) / 2, tol=1e-9)
+    full, stats = grpo_loss(t(G_LOGP), t(G_OLD), t(G_REF), t([1.0, -1.0]), t([[1, 1], [1, 1]]),
+                            beta=0.0)
+    # all four tokens: (−1.2 − 1 + 1 + 0.8)/4 = −0.1, and both clips active
+    close(full, -0.1)
+    assert stats["clip_fraction"] == pytest.approx(0.5)
+
+
+def test_grpo_on_policy_is_plain_policy_gradient() -> None:
+    logp = t([[-1.0, -2.0]]).requires_grad_()
+    loss, stats = grpo_loss(logp, None, None, t([2.0]), t([[1, 1]]), beta=0.0)
+    close(loss, -2.0)  # ρ ≡ 1: −A per token
+    assert stats["ratio_mean"] == pytest.approx(1.0)
+    loss.backward()
+    close(logp.grad, [[-1.0, -1.0]])  # −A/2 tokens
+    with pytest.raises(ValueError, match="ref_logp"):
+        grpo_loss(logp, None, None, t([2.0]), t([[1, 1]]), beta=0.1)
+
+
+# ---------------------------------------------------------------- gradient direction
+
+
+def _table_policy_logp(weights: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """A policy whose next-token logits at position i are ``weights[i]`` (no context)."""
+    logp = torch.log_softmax(weights, dim=-1)  # [T, V]
+    return logp.gather(-1, tokens.T).T  # [B, T]
+
+
+@pytest.mark.parametrize("objective", ["stage1", "stage2", "grpo"])
+def test_one_sgd_step_raises_the_rewarded_sequence(objective: str) -> None:
+    torch.manual_seed(0)
+    weights = torch.randn(4, 6, dtype=torch.float64, requires_grad=True)
+    tokens = torch.tensor([[1, 2, 3, 4], [5, 0, 1, 2]])  # two samples of one prompt
+    mask1 = t([[1, 1, 0, 0], [1, 1, 0, 0]])
+    mask2 = t([[0, 0, 1, 1], [0, 0, 1, 1]])
+    logp = _table_policy_logp(weights, tokens)
+    ref = logp.detach().clone()
+    r1, r2 = t([0.0, 0.0]), t([1.0, 0.0])  # sample 0 is the one that got it right
+    if objective == "stage1":
+        loss, _ = stage1_loss(logp, ref, logp, ref, mask1, mask2, r2, beta1=0.01, beta2=0.1,
+                              group_size=2)
+        seq_mask = mask2
+    elif objective == "stage2":
+        loss, _ = stage2_loss(logp, ref, logp, ref, mask1, mask2, r1, r2, alpha=10.0,
+                              beta1=0.01, group_size=2)
+        seq_mask = mask1 + mask2
+    else:
+        adv = group_normalized(r2.reshape(1, 2)).reshape(-1)
+        loss, _ = grpo_loss(logp, None, ref, adv, mask1 + mask2, beta=0.04)
+        seq_mask = mask1 + mask2
+    before = (logp.detach() * seq_mask).sum(-1)
+    loss.backward()
+    with torch.no_grad():
+        weights -= 0.1 * weights.grad
+    after = (_table_policy_logp(weights, tokens).detach() * seq_mask).sum(-1)
+    assert after[0] > before[0], "the rewarded sample must become likelier"
+    assert after[1] < before[1], "the unrewarded sample must become less likely"
