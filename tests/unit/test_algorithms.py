@@ -284,3 +284,21 @@ def test_one_sgd_step_raises_the_rewarded_sequence(objective: str) -> None:
     after = (_table_policy_logp(weights, tokens).detach() * seq_mask).sum(-1)
     assert after[0] > before[0], "the rewarded sample must become likelier"
     assert after[1] < before[1], "the unrewarded sample must become less likely"
+
+
+def test_stage2_bonus_credit_of_turn1_by_hand() -> None:
+    """G=2: r1=[1,0], r2=[1,1], α=10 → r̂2=[1,11]; A2=LOO(r̂2)=[-10,10].
+    bonus_on_turn1: A1=LOO(r1+r̂2=[2,11])=[-9,9]; without: A1=LOO(r1+r2=[2,1])=[1,-1].
+    Σlogp turn1=[-1,-3], turn2=[-2,-4], KL=0 (ref=logp).
+    with bonus: pg=[-(9+20), -(-27-40)]=[-29,67] → 19; without: [-(-1+20), -(3-40)]=[-19,37] → 9."""
+    import torch
+
+    logp = torch.tensor([[-1.0, -2.0], [-3.0, -4.0]])
+    m1 = torch.tensor([[1, 0], [1, 0]])
+    m2 = torch.tensor([[0, 1], [0, 1]])
+    r1, r2 = torch.tensor([1.0, 0.0]), torch.tensor([1.0, 1.0])
+    kw = {"alpha": 10.0, "beta1": 0.0, "baseline": "loo", "group_size": 2}
+    with_bonus, _ = stage2_loss(logp, logp, logp, logp, m1, m2, r1, r2, **kw)
+    without, _ = stage2_loss(logp, logp, logp, logp, m1, m2, r1, r2, bonus_on_turn1=False, **kw)
+    assert with_bonus.item() == pytest.approx(19.0)
+    assert without.item() == pytest.approx(9.0)

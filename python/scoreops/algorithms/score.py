@@ -168,15 +168,20 @@ def stage2_loss(
     baseline: Baseline = "loo",
     kl_estimator: KLEstimator = "k3",
     group_size: int,
+    bonus_on_turn1: bool = True,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """SCoRe stage II loss (to minimise)::
 
         r̂2 = r2 + α·(r2 − r1)
-        A1 = baseline(r1 + r̂2),  A2 = baseline(r̂2)
+        A1 = baseline(r1 + r̂2),  A2 = baseline(r̂2)      (bonus_on_turn1=True)
+        A1 = baseline(r1 + r2)                          (bonus_on_turn1=False)
         L  = mean_b[ −A1_b · Σ_{turn1} log π − A2_b · Σ_{turn2} log π
                      + β1 · (Σ_{turn1} KL_t + Σ_{turn2} KL_t) ]
 
     Arguments as in :func:`stage1_loss`, plus turn-1 rewards ``r1 [B]`` and the shaping ``alpha``.
+    ``bonus_on_turn1=False`` credits the first attempt with the unshaped return ``r1 + r2``:
+    the bonus then shapes only the correction, and no longer pays the first attempt for
+    being wrong (which, with α > 1, the exact return-to-go gradient does).
 
     Returns:
         ``(loss, stats)``; stats: ``loss``, ``pg_loss``, ``kl_turn1``, ``kl_turn2``,
@@ -189,7 +194,7 @@ def stage2_loss(
     )
     r1f, r2f = r1.to(logp1.dtype), r2.to(logp2.dtype)
     shaped = shaped_turn2_reward(r1f, r2f, alpha)
-    adv1 = _advantages(r1f + shaped, group_size, baseline)
+    adv1 = _advantages(r1f + (shaped if bonus_on_turn1 else r2f), group_size, baseline)
     adv2 = _advantages(shaped, group_size, baseline)
     seq1, kl1 = _turn_terms(logp1, ref_logp1, mask1, kl_estimator)
     seq2, kl2 = _turn_terms(logp2, ref_logp2, mask2, kl_estimator)

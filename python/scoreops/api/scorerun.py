@@ -100,6 +100,15 @@ class ScoreConfig(ApiModel):
     baseline: Literal["loo", "mean", "none"] = Field(
         "loo", description="Policy-gradient baseline over the samples of a prompt."
     )
+    bonus_on_turn1: bool = Field(
+        False,
+        description=(
+            "Stage II: also credit the shaping bonus to the first attempt's tokens (the exact "
+            "return-to-go gradient). With alpha > 1 that pays wrong first attempts that get "
+            "corrected and collapses Acc@t1; by default the first attempt is credited with "
+            "the unshaped r1 + r2 and the bonus shapes only the correction."
+        ),
+    )
 
     @model_validator(mode="after")
     def _some_steps(self) -> ScoreConfig:

@@ -212,7 +212,7 @@ class ScoreAlgorithm:
             return stage2_loss(
                 logp, ref, logp, ref, m1, m2, r1[rows], r2[rows],
                 alpha=cfg.alpha, beta1=cfg.beta1, baseline=cfg.baseline,
-                kl_estimator=cfg.kl_estimator, group_size=g,
+                kl_estimator=cfg.kl_estimator, group_size=g, bonus_on_turn1=cfg.bonus_on_turn1,
             )
 
         stats = accumulate(ctx, batch, micro_batch_rows(ctx, g), loss_fn)
