@@ -213,7 +213,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-tokens", type=int, default=1024, help="ceiling on max_tokens")
     p.add_argument("--max-n", type=int, default=4, help="ceiling on n")
     p.add_argument("--max-concurrency", type=int, default=64)
+    p.add_argument("--max-queue", type=int, default=512,
+                   help="requests waiting beyond --max-concurrency; more get HTTP 429")
     p.add_argument("--request-timeout", type=float, default=120.0, help="seconds before 504")
+    p.add_argument("--default-max-tokens", type=int, default=None,
+                   help="max_tokens of a request that sets none (default 256, capped)")
+    p.add_argument("--dtype", default=None, help="float32 (default), bfloat16 or float16")
+    p.add_argument("--torch-threads", type=int, default=None,
+                   help="torch CPU threads (default: torch's choice)")
 
     p = add("query", cmd_query, "ask a served model a question",
             "Send a chat completion to a scoreops endpoint and print the answer.")

@@ -1,0 +1,19 @@
+"""Serving: a model as a self-correcting endpoint on the KServe model server.
+
+* :class:`~scoreops.serving.model.CorrectorModel` — a ``kserve.Model`` whose ``predict``
+  runs the configured strategy (``self-correct``, ``best-of-n``, ``moa``,
+  ``self-consistency``, ``single``) through :func:`scoreops.strategies.run_strategy`;
+* :mod:`~scoreops.serving.openai_routes` — ``/openai/v1/chat/completions``,
+  ``/openai/v1/completions`` and ``/openai/v1/models`` on KServe's FastAPI app;
+* :mod:`~scoreops.serving.backends` — transformers or vLLM in-process, or a remote
+  OpenAI-compatible predictor;
+* :mod:`~scoreops.serving.scheduler` — bounded admission (429 when full), batching, timeouts;
+* :mod:`~scoreops.serving.cli` — ``scoreops serve``, ``scoreops query`` and the entrypoint
+  ``python -m scoreops.serving``.
+
+Importing this package imports neither kserve nor torch.
+"""
+
+from scoreops.serving.config import Backend, ServingConfig
+
+__all__ = ["Backend", "ServingConfig"]

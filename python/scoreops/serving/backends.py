@@ -1,0 +1,141 @@
+"""Generation backends behind the correction layer, all :class:`scoreops.rollout.RolloutEngine`s.
+
+* ``hf`` — :class:`scoreops.rollout.HFEngine` on transformers, in-process (CPU, or a GPU
+  without vLLM);
+* ``vllm`` — the rollout package's vLLM engine, in-process (GPU only; ``vllm`` is imported
+  only when this backend is chosen);
+* ``openai`` — :class:`scoreops.strategies.remote.OpenAIEngine` over a remote
+  OpenAI-compatible predictor: what the InferenceService transformer uses in front of
+  KServe's vLLM predictor.
+
+Every heavy import happens inside :func:`load_backend`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from scoreops.serving.config import ServingConfig
+
+log = logging.getLogger("scoreops.serving")
+
+__all__ = ["LoadedBackend", "load_backend"]
+
+
+@dataclass
+class LoadedBackend:
+    """An engine and what the server needs to know about it.
+
+    ``tokenizer`` is None for a remote backend (the predictor tokenizes); ``context_length``
+    is None when unknown (then the predictor is the one to reject over-long prompts).
+    """
+
+    engine: Any
+    tokenizer: Any | None
+    context_length: int | None
+    description: str
+
+
+def _device(config: ServingConfig) -> str:
+    if config.device:
+        return config.device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _context(model_len: int | None, configured: int | None) -> int | None:
+    known = [x for x in (model_len, configured) if x]
+    return min(known) if known else None
+
+
+def _load_hf(config: ServingConfig) -> LoadedBackend:
+    from scoreops.models import load_model
+    from scoreops.rollout import HFEngine
+
+    assert config.model_uri is not None
+    if config.torch_threads:
+        import torch
+
+        torch.set_num_threads(config.torch_threads)
+    device = _device(config)
+    model, tokenizer = load_model(config.model_uri, dtype=config.dtype, device=device)
+    engine = HFEngine(model, tokenizer, device=device, max_batch_size=config.engine_batch_size)
+    model_len = getattr(model.config, "max_position_embeddings", None)
+    return LoadedBackend(
+        engine=engine, tokenizer=tokenizer,
+        context_length=_context(model_len, config.max_model_len),
+        description=f"hf {config.model_uri} on {device} ({config.dtype})",
+    )
+
+
+def _load_vllm(config: ServingConfig) -> LoadedBackend:
+    try:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise RuntimeError("backend vllm needs a CUDA GPU; use --backend hf on CPU")
+        from scoreops.rollout.vllm import VLLMEngine  # type: ignore[import-not-found]
+    except ImportError as exc:
+        raise RuntimeError(
+            f"backend vllm is unavailable here ({exc}); it needs the vllm package and the "
+            "rollout package's vLLM engine (scoreops.rollout.vllm) on a GPU machine"
+        ) from exc
+    from scoreops.models import resolve_model
+
+    assert config.model_uri is not None
+    path = resolve_model(config.model_uri)
+    kwargs: dict[str, Any] = {"dtype": config.dtype,
+                              "gpu_memory_utilization": config.gpu_memory_utilization}
+    if config.max_model_len:
+        kwargs["max_model_len"] = config.max_model_len
+    engine = VLLMEngine(str(path), **kwargs)
+    tokenizer = getattr(engine, "tokenizer", None)
+    model_len = getattr(engine, "max_model_len", None)
+    return LoadedBackend(
+        engine=engine, tokenizer=tokenizer,
+        context_length=_context(model_len, config.max_model_len),
+        description=f"vllm {config.model_uri}",
+    )
+
+
+def _load_openai(config: ServingConfig, wait_seconds: float) -> LoadedBackend:
+    from scoreops.strategies.remote import OpenAIEngine, RemoteEngineError
+
+    assert config.predictor_url is not None
+    deadline = time.monotonic() + wait_seconds
+    delay = 1.0
+    while True:
+        try:
+            engine = OpenAIEngine(
+                config.predictor_url, config.remote_model,
+                timeout=config.limits.request_timeout_seconds,
+                max_concurrency=config.limits.max_concurrency,
+            )
+            break
+        except RemoteEngineError as exc:
+            # the predictor of an InferenceService may start after its transformer
+            if time.monotonic() + delay > deadline:
+                raise
+            log.info("waiting for the predictor at %s: %s", config.predictor_url, exc)
+            time.sleep(delay)
+            delay = min(delay * 2, 15.0)
+    return LoadedBackend(
+        engine=engine, tokenizer=None, context_length=config.max_model_len,
+        description=f"openai {engine.base_url} model {engine.model}",
+    )
+
+
+def load_backend(config: ServingConfig, *, wait_seconds: float = 600.0) -> LoadedBackend:
+    """Build the engine ``config`` names. ``wait_seconds``: how long a remote predictor may
+    take to come up."""
+    if config.backend == "hf":
+        return _load_hf(config)
+    if config.backend == "vllm":
+        return _load_vllm(config)
+    if config.backend == "openai":
+        return _load_openai(config, wait_seconds)
+    raise ValueError(f"unknown backend {config.backend!r}")

@@ -1,0 +1,226 @@
+"""Request models of the OpenAI-compatible API and the errors the server answers with.
+
+Bodies are validated with pydantic in strict mode (``"max_tokens": "5"`` is a type error, as
+with OpenAI); every failure becomes an HTTP 400 whose JSON names the offending field::
+
+    {"error": {"message": "messages.0.role: Input should be 'system', 'user', 'assistant' or
+     'developer'", "type": "invalid_request_error", "param": "messages.0.role", "code": null}}
+
+Unknown top-level fields are ignored (clients send ``user``, ``logprobs``, penalties, …);
+the ``scoreops`` extension object is strict, so a misspelt option is an error.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, TypeVar
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
+
+from scoreops.api.common import StrategyName
+
+__all__ = [
+    "ChatCompletionRequest",
+    "ChatMessage",
+    "CompletionRequest",
+    "ScoreopsOptions",
+    "ServingError",
+    "parse_body",
+]
+
+Role = Literal["system", "user", "assistant", "developer"]
+
+_ERROR_TYPES = {
+    400: "invalid_request_error",
+    404: "not_found_error",
+    429: "overloaded_error",
+    500: "server_error",
+    502: "upstream_error",
+    503: "unavailable_error",
+    504: "timeout_error",
+}
+
+
+class ServingError(Exception):
+    """An error answered as JSON with an HTTP status (never a crash of the server)."""
+
+    def __init__(self, status: int, message: str, param: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.param = param
+        self.headers = headers or {}
+
+    @property
+    def type(self) -> str:
+        return _ERROR_TYPES.get(self.status, "server_error")
+
+    def openai_body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param,
+                          "code": None}}
+
+    def kserve_body(self) -> dict[str, Any]:
+        return {"error": self.message, "param": self.param}
+
+
+def bad_request(param: str, message: str) -> ServingError:
+    return ServingError(400, f"{param}: {message}", param=param)
+
+
+_TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict", "none", "json-or-python"}
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    # pydantic puts union members ("str", "list[str]") and validators into loc: keep fields
+    parts = [str(p) for p in loc if not (isinstance(p, str) and (
+        "[" in p or p in _TYPE_TAGS or p.startswith("function-")))]
+    return ".".join(parts) or "body"
+
+
+def validation_error(exc: ValidationError) -> ServingError:
+    errors = exc.errors(include_url=False)
+    if any(e.get("type") == "json_invalid" for e in errors):
+        detail = next(e for e in errors if e.get("type") == "json_invalid")
+        return ServingError(400, f"body: not valid JSON ({detail.get('ctx', {}).get('error')})",
+                            param="body")
+    if errors and errors[0].get("type") == "model_type" and not errors[0].get("loc"):
+        return ServingError(400, "body: must be a JSON object", param="body")
+    first = _loc(tuple(errors[0].get("loc", ())))
+    described = "; ".join(dict.fromkeys(
+        f"{_loc(tuple(e.get('loc', ())))}: {e.get('msg')}" for e in errors))
+    return ServingError(400, described, param=first)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+
+class ChatMessage(BaseModel):
+    """One message. ``content`` is a string or a list of ``{"type": "text", "text": …}``."""
+
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+    role: Role
+    content: str
+    name: str | None = None
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _text(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            texts = []
+            for part in value:
+                if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(
+                        part.get("text"), str):
+                    raise ValueError("only text content parts ({'type': 'text', 'text': ...}) "
+                                     "are supported")
+                texts.append(part["text"])
+            return "".join(texts)
+        if not isinstance(value, str):
+            raise ValueError("must be a string or a list of text parts")
+        return value
+
+    def as_message(self) -> dict[str, str]:
+        role = "system" if self.role == "developer" else self.role
+        return {"role": role, "content": self.content}
+
+
+class ScoreopsOptions(BaseModel):
+    """The ``scoreops`` extension object of a request body."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    return_attempts: bool = Field(False, description="Return every attempt of the strategy.")
+    strategy: StrategyName | None = Field(None, description="Override the served strategy.")
+    turns: int | None = Field(None, ge=1, le=8, description="Override self-correct turns.")
+    timeout_seconds: float | None = Field(
+        None, gt=0, description="Shorter deadline than the server's (the server's is the cap).")
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+    include_usage: bool = False
+
+
+Stop = str | Annotated[list[str], Field(max_length=4)]
+
+
+class _Generation(_Strict):
+    model: str | None = None
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    temperature: float = Field(0.0, ge=0.0, le=2.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    n: int = Field(1, ge=1)
+    stop: Stop | None = None
+    seed: int | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    scoreops: ScoreopsOptions = Field(default_factory=ScoreopsOptions)
+
+    @field_validator("stop")
+    @classmethod
+    def _stops(cls, value: Stop | None) -> Stop | None:
+        stops = [value] if isinstance(value, str) else (value or [])
+        if any(not s for s in stops):
+            raise ValueError("stop strings must be non-empty")
+        return value
+
+    @property
+    def requested_max_tokens(self) -> tuple[int | None, str]:
+        if self.max_completion_tokens is not None:
+            return self.max_completion_tokens, "max_completion_tokens"
+        return self.max_tokens, "max_tokens"
+
+    @property
+    def stop_list(self) -> tuple[str, ...]:
+        if self.stop is None:
+            return ()
+        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+
+
+class ChatCompletionRequest(_Generation):
+    """``POST /openai/v1/chat/completions``."""
+
+    messages: list[ChatMessage] = Field(min_length=1)
+
+
+class CompletionRequest(_Generation):
+    """``POST /openai/v1/completions``; each prompt is sent as one user message."""
+
+    prompt: str | list[str]
+    echo: bool = False
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompts(cls, value: str | list[str]) -> str | list[str]:
+        prompts = [value] if isinstance(value, str) else value
+        if not prompts:
+            raise ValueError("must hold at least one prompt")
+        if any(not p.strip() for p in prompts):
+            raise ValueError("prompts must be non-empty strings")
+        return value
+
+    @property
+    def prompts(self) -> list[str]:
+        return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
+
+
+T = TypeVar("T", bound=BaseModel)
+
+
+def parse_body(cls: type[T], body: bytes) -> T:
+    """Validate a JSON body into ``cls``; a :class:`ServingError` (400) naming the field."""
+    if not body.strip():
+        raise ServingError(400, "body: empty; send a JSON object", param="body")
+    try:
+        return cls.model_validate_json(body)
+    except ValidationError as exc:
+        raise validation_error(exc) from None
