@@ -253,5 +253,5 @@ def test_missing_model_names_where_it_looked(tmp_path: Path) -> None:
 
 def test_missing_dataset_says_how_to_import(digit_model: Path, tmp_path: Path) -> None:
     doc = spec_doc(digit_model, tmp_path / "absent.jsonl", str(tmp_path / "out"))
-    with pytest.raises(FileNotFoundError, match="absent.jsonl"):
+    with pytest.raises(FileNotFoundError, match=r"absent\.jsonl"):
         Trainer(parse_resource(doc)).run_training()
