@@ -1,0 +1,1 @@
+"""Thin kopf handlers: validate -> build -> apply -> record, all through scoreops.k8s."""
