@@ -444,8 +444,9 @@ def test_evalsuite_waits_for_its_scorerun_then_mirrors_the_summary(
 
     kube.create(scorerun("src", kube.ns))
     wait_for(lambda: kube.job("src-train"), "the ScoreRun's job")
-    final = f"s3://runs/{kube.ns}/src/checkpoints/step-000018"
-    write_progress(kube.ns, "src", 18, phase="Succeeded", last_checkpoint=final)
+    final = f"s3://runs/{kube.ns}/src/final"
+    write_progress(kube.ns, "src", 18, phase="Succeeded",
+                   last_checkpoint=f"s3://runs/{kube.ns}/src/checkpoints/step-000018")
     kube.set_job("src-train", "Created", "Running", "Succeeded")
     wait_for(lambda: kube.status("scoreruns", "src").get("phase") == "Succeeded", "src done")
 
