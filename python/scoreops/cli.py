@@ -39,10 +39,20 @@ def _fail(message: str, code: int = 1) -> int:
     return code
 
 
-def _load(path: str):  # returns a Resource
-    from scoreops.api import load_resource
+class _Invalid(Exception):
+    """A resource file that cannot be used; carries the exit code's message."""
 
-    return load_resource(path)
+
+def _load(path: str):  # returns a Resource
+    """The one resource in ``path``; _Invalid (exit 2) with field-named errors otherwise."""
+    from scoreops.api import InvalidResource, load_resource
+
+    try:
+        return load_resource(path)
+    except FileNotFoundError:
+        raise _Invalid(f"{path}: no such file") from None
+    except InvalidResource as exc:
+        raise _Invalid(str(exc)) from None
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -76,14 +86,7 @@ def cmd_crds(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from scoreops.api import InvalidResource
-
-    try:
-        resource = _load(args.file)
-    except FileNotFoundError:
-        return _fail(f"{args.file}: no such file", EXIT_INVALID)
-    except InvalidResource as exc:
-        return _fail(str(exc), EXIT_INVALID)
+    resource = _load(args.file)
     if resource.kind == "ScoreRun":
         from scoreops.local import run_scorerun
 
@@ -98,14 +101,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from scoreops.api import InvalidResource
-
-    try:
-        resource = _load(args.file)
-    except FileNotFoundError:
-        return _fail(f"{args.file}: no such file", EXIT_INVALID)
-    except InvalidResource as exc:
-        return _fail(str(exc), EXIT_INVALID)
+    resource = _load(args.file)
     if resource.kind != "EvalSuite":
         return _fail(f"{args.file} holds a {resource.kind}; `scoreops eval` takes an EvalSuite", 2)
     from scoreops.evaluate import run_evalsuite
@@ -126,15 +122,9 @@ def cmd_query(args: argparse.Namespace) -> int:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    from scoreops.api import InvalidResource
     from scoreops.k8s.render import render_children
 
-    try:
-        resource = _load(args.file)
-    except FileNotFoundError:
-        return _fail(f"{args.file}: no such file", EXIT_INVALID)
-    except InvalidResource as exc:
-        return _fail(str(exc), EXIT_INVALID)
+    resource = _load(args.file)
     print(render_children(resource, namespace=args.namespace, image_tag=args.image_tag), end="")
     return 0
 
@@ -281,6 +271,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
+    except _Invalid as exc:
+        return _fail(str(exc), EXIT_INVALID)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
