@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import signal
@@ -48,15 +49,13 @@ def _versions() -> dict[str, str]:
 
     out = {}
     for pkg in ("scoreops", "torch", "transformers", "vllm", "deepspeed"):
-        try:
+        with contextlib.suppress(PackageNotFoundError):
             out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            pass
     return out
 
 
 def lr_lambda(total: int, warmup_ratio: float, schedule: str) -> Callable[[int], float]:
-    warmup = int(round(total * warmup_ratio))
+    warmup = round(total * warmup_ratio)
 
     def f(step: int) -> float:
         if warmup and step < warmup:
@@ -160,18 +159,21 @@ class Trainer:
 
     def _setup(self) -> StepContext:
         import torch
+        from transformers.utils import logging as hf_logging
 
         from scoreops.models import load_model
         from scoreops.rewards import auto_verifier_kind, make_verifier
         from scoreops.rollout import HFEngine
-
-        from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
         torch.manual_seed(self.spec.seed)
         torch.use_deterministic_algorithms(True, warn_only=True)
         device = torch.device("cuda", self.dist.local_rank) if torch.cuda.is_available() \
             and self.spec.resources.gpus_per_worker > 0 else torch.device("cpu")
+        if self.dist.distributed:
+            from scoreops.training.distributed import init_process_group
+
+            init_process_group(device)
         dtype = "float32" if device.type == "cpu" else {
             "bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}[self.spec.resources.precision]
         self.on_event({"event": "loading", "what": f"model {self.spec.model.uri}"})
@@ -205,7 +207,8 @@ class Trainer:
         alg = self.spec.algorithm
         cfg = alg.config
         betas = [getattr(cfg, n, 0.0) for n in ("beta", "beta1", "beta2")]
-        return alg.name != "star" and any(b > 0 for b in betas)
+        # star fine-tunes without KL; cory's reference is its own base with adapters off
+        return alg.name not in ("star", "cory") and any(b > 0 for b in betas)
 
     def request_stop(self, *_: Any) -> None:
         """Finish the current step, checkpoint, and return (Ctrl-C / SIGTERM)."""
@@ -214,6 +217,15 @@ class Trainer:
     # -- the run ----------------------------------------------------------------------------
 
     def run_training(self) -> RunResult:
+        try:
+            return self._run_training()
+        finally:
+            if self.dist.distributed:
+                from scoreops.training.distributed import destroy_process_group
+
+                destroy_process_group()
+
+    def _run_training(self) -> RunResult:
         import torch
 
         from scoreops import storage
@@ -221,6 +233,9 @@ class Trainer:
 
         ctx = self._setup()
         algorithm = make_algorithm(self.spec)
+        prepare = getattr(algorithm, "prepare", None)
+        if prepare is not None:  # e.g. cory attaches its adapters before the optimiser is built
+            prepare(ctx)
         total = self.spec.algorithm.total_steps()
         optimizer = torch.optim.AdamW(
             [p for p in ctx.policy.parameters() if p.requires_grad],
@@ -247,8 +262,12 @@ class Trainer:
                 prompts = ctx.prompts_for_step(step)
                 stats = algorithm.backward(ctx, step, prompts)
                 if ctx.dist.distributed:
-                    from scoreops.training.distributed import all_reduce_stats
+                    from scoreops.training.distributed import (
+                        all_reduce_gradients,
+                        all_reduce_stats,
+                    )
 
+                    all_reduce_gradients(ctx.policy)
                     stats = all_reduce_stats(stats)
                 grad_norm = torch.nn.utils.clip_grad_norm_(
                     ctx.policy.parameters(), self.spec.optim.max_grad_norm)
@@ -280,6 +299,9 @@ class Trainer:
             self.write_progress("Running", step=step, stage=algorithm.stage(step - 1),
                                 message="stopped on request; run again to resume", last=last)
             return RunResult(self.output, step, interrupted=True, metrics=self.metrics)
+        finalize = getattr(algorithm, "finalize", None)
+        if finalize is not None:  # e.g. cory merges its pioneer adapter into the weights
+            finalize(ctx, step)
         final_uri = self._save_final(ctx)
         if self.spec.evaluation.enabled and self.held_out:
             evals["trained"] = self._evaluate(ctx, "trained")
@@ -306,9 +328,13 @@ class Trainer:
                 storage.delete_prefix(u)
             if storage.exists(self._uri("metrics.jsonl")):
                 storage.delete(self._uri("metrics.jsonl"))
-        if not ckpts:
+        uri = ckpts[-1] if ckpts else None
+        if self.dist.distributed:  # every rank resumes from the checkpoint rank 0 sees
+            from scoreops.training.distributed import broadcast_object
+
+            uri = broadcast_object(uri)
+        if uri is None:
             return 0
-        uri = ckpts[-1]
         state = load_checkpoint(uri, model=ctx.policy, optimizer=optimizer, scheduler=scheduler)
         if state.digest != self.digest:
             raise RunFailed(
@@ -335,10 +361,8 @@ class Trainer:
         except Exception as exc:
             msg = (f"could not write the checkpoint of step {step} to {self.output}: {exc}; "
                    f"the previous complete checkpoint ({self._last_checkpoint}) is intact")
-            try:
+            with contextlib.suppress(Exception):  # the storage may be what failed
                 self.write_progress("Failed", step=step, stage=stage, message=msg)
-            except Exception:  # noqa: BLE001 - the storage may be what failed
-                pass
             raise RunFailed(msg) from exc
         self._last_checkpoint = uri
         self.on_event({"event": "checkpoint", "step": step, "uri": uri})

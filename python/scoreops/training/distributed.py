@@ -1,0 +1,187 @@
+"""Data-parallel training across processes, from the environment torchrun / PyTorchJob set.
+
+``MASTER_ADDR``, ``MASTER_PORT``, ``WORLD_SIZE``, ``RANK`` (and ``LOCAL_RANK`` under torchrun)
+describe the process group; :func:`init_process_group` joins it with **gloo** on CPU and
+**NCCL** on GPU. Every rank holds the whole policy and takes ``batchSize / WORLD_SIZE`` of
+each step's prompts (:meth:`StepContext.prompts_for_step`).
+
+Synchronisation is explicit rather than through ``DistributedDataParallel``: the weights are
+broadcast from rank 0 once (:func:`wrap_ddp`), and after each step's backward the gradients
+are averaged over ranks in one flattened all-reduce (:func:`all_reduce_gradients`). DDP
+reduces inside every ``backward()``, which requires every rank to run the same number of
+backward passes; here the number of micro-batches can differ between ranks (MGRPO's layer 2
+keeps a data-dependent number of groups, STaR a data-dependent number of solutions), so one
+reduction per step after all of them is what is correct. Averaging per-rank gradients equals
+the single-process gradient of the global batch when every rank's loss is the mean over the
+same number of rows (true for SCoRe and GRPO; for MGRPO layer 2 and STaR each rank's share is
+weighted equally, not by its number of kept rows).
+
+Only rank 0 writes checkpoints, metrics and progress (:class:`scoreops.training.loop.Trainer`);
+all ranks load the same checkpoint, the one rank 0 chose (:func:`broadcast_object`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = [
+    "SUMMED_STATS",
+    "all_reduce_gradients",
+    "all_reduce_stats",
+    "backend_for",
+    "barrier",
+    "broadcast_object",
+    "destroy_process_group",
+    "init_process_group",
+    "is_initialized",
+    "wrap_ddp",
+]
+
+T = TypeVar("T")
+
+SUMMED_STATS = frozenset({"generated_tokens", "tokens", "kept", "layer2_groups",
+                          "tokens_per_second"})
+"""Statistics that are totals over the ranks (the rest are averaged)."""
+
+
+def backend_for(device: torch.device | str) -> str:
+    """``nccl`` for CUDA devices, ``gloo`` otherwise."""
+    kind = device if isinstance(device, str) else device.type
+    return "nccl" if str(kind).startswith("cuda") else "gloo"
+
+
+def is_initialized() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized()
+
+
+def init_process_group(device: torch.device, *, timeout_s: float = 1800.0) -> None:
+    """Join the process group described by the environment (idempotent).
+
+    Raises ``ValueError`` naming the missing variable when WORLD_SIZE > 1 but the rendezvous
+    address is not set.
+    """
+    import datetime
+
+    import torch
+    import torch.distributed as dist
+
+    if is_initialized():
+        return
+    for name in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE"):
+        if not os.environ.get(name):
+            raise ValueError(f"distributed training needs the environment variable {name} "
+                             "(set by torchrun and by the PyTorchJob operator)")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group(
+        backend=backend_for(device),
+        init_method="env://",
+        rank=int(os.environ["RANK"]),
+        world_size=int(os.environ["WORLD_SIZE"]),
+        timeout=datetime.timedelta(seconds=timeout_s),
+        **({"device_id": device} if device.type == "cuda" else {}),
+    )
+
+
+def destroy_process_group() -> None:
+    import torch.distributed as dist
+
+    if is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    import torch.distributed as dist
+
+    if is_initialized():
+        dist.barrier()
+
+
+def broadcast_object(obj: T, src: int = 0) -> T:
+    """``obj`` as rank ``src`` has it, on every rank (picklable objects)."""
+    import torch.distributed as dist
+
+    if not is_initialized():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def wrap_ddp(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """Prepare ``module`` for data-parallel training: join the process group if needed and
+    make every rank start from rank 0's parameters and buffers. Returns ``module`` itself
+    (gradients are synchronised by :func:`all_reduce_gradients`, see the module docstring)."""
+    import torch
+    import torch.distributed as dist
+
+    init_process_group(device)
+    with torch.no_grad():
+        for t in [*module.parameters(), *module.buffers()]:
+            dist.broadcast(t.data, src=0)
+    return module
+
+
+def all_reduce_gradients(module: torch.nn.Module) -> None:
+    """Average the gradients of ``module``'s trainable parameters over all ranks.
+
+    A parameter without a gradient on a rank (nothing was kept there this step) counts as a
+    zero gradient, so every rank issues the same collective. One flattened all-reduce per
+    dtype.
+    """
+    import torch
+    import torch.distributed as dist
+
+    if not is_initialized():
+        return
+    world = dist.get_world_size()
+    params = [p for p in module.parameters() if p.requires_grad]
+    by_dtype: dict[Any, list[torch.nn.Parameter]] = {}
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        by_dtype.setdefault(p.grad.dtype, []).append(p)
+    for group in by_dtype.values():
+        flat = torch.cat([p.grad.reshape(-1) for p in group])
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        flat.div_(world)
+        offset = 0
+        for p in group:
+            n = p.grad.numel()
+            p.grad.copy_(flat[offset : offset + n].view_as(p.grad))
+            offset += n
+
+
+def all_reduce_stats(stats: Mapping[str, float]) -> dict[str, float]:
+    """Step statistics over all ranks: totals for :data:`SUMMED_STATS`, means otherwise.
+
+    A key only some ranks report (MGRPO's layer-2 statistics when no group survived on a
+    rank) counts as 0 on the others.
+    """
+    import torch
+    import torch.distributed as dist
+
+    if not is_initialized():
+        return dict(stats)
+    keys = sorted(stats)
+    gathered: list[list[str]] = [[] for _ in range(dist.get_world_size())]
+    dist.all_gather_object(gathered, keys)
+    if any(k != keys for k in gathered):
+        union = sorted(set().union(*map(set, gathered)))
+        # a rank without a statistic (e.g. no layer-2 group survived there) contributes 0
+        keys = union
+    device = torch.device("cuda", torch.cuda.current_device()) \
+        if dist.get_backend() == "nccl" else torch.device("cpu")
+    values = torch.tensor([float(stats.get(k, 0.0)) for k in keys], dtype=torch.float64,
+                          device=device)
+    dist.all_reduce(values, op=dist.ReduceOp.SUM)
+    world = dist.get_world_size()
+    return {k: float(v) if k in SUMMED_STATS else float(v) / world
+            for k, v in zip(keys, values.tolist(), strict=True)}
