@@ -48,7 +48,8 @@ PYTORCH_CONTAINER = "pytorch"
 KSERVE_CONTAINER = "kserve-container"
 EVAL_BACKOFF_LIMIT = 2
 
-TRAIN_COMMAND = ["python", "-m", "scoreops.train", "--spec", f"{SPEC_DIR}/run.json"]
+# torchrun with one process per GPU of the pod (jobs/launch.sh, in the trainer image)
+TRAIN_COMMAND = ["/opt/scoreops/jobs/launch.sh", "--spec", f"{SPEC_DIR}/run.json"]
 EVAL_COMMAND = ["python", "-m", "scoreops.evaluate", "--spec", f"{SPEC_DIR}/suite.json"]
 
 _TORCH_DTYPE = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}

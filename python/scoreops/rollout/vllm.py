@@ -79,6 +79,7 @@ class VLLMEngine:
         self.tokenizer = tokenizer
         self.sleep_mode = sleep_mode
         self._asleep = False
+        self.max_model_len: int | None = None
 
     @classmethod
     def colocated(cls, policy: torch.nn.Module, tokenizer: PreTrainedTokenizerBase,
@@ -91,6 +92,31 @@ class VLLMEngine:
         (``policy.name_or_path``); vLLM builds its own model from that config and then
         receives the live weights through :meth:`sync_weights`.
         """
+        path = getattr(policy, "name_or_path", None) or policy.config._name_or_path
+        engine = cls._build(
+            path, tokenizer,
+            dtype=dtype or str(next(policy.parameters()).dtype).removeprefix("torch."),
+            gpu_memory_utilization=rollout.gpu_memory_utilization,
+            max_model_len=max_model_len,
+        )
+        engine.sync_weights(policy)
+        return engine
+
+    @classmethod
+    def from_path(cls, path: str, *, dtype: str = "bfloat16",
+                  gpu_memory_utilization: float = 0.9,
+                  max_model_len: int | None = None) -> VLLMEngine:
+        """A standalone engine serving the weights in ``path`` (the serving backend)."""
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        return cls._build(path, tokenizer, dtype=dtype,
+                          gpu_memory_utilization=gpu_memory_utilization,
+                          max_model_len=max_model_len)
+
+    @classmethod
+    def _build(cls, path: str, tokenizer: PreTrainedTokenizerBase, *, dtype: str,
+               gpu_memory_utilization: float, max_model_len: int | None) -> VLLMEngine:
         import dataclasses
         import os
 
@@ -102,13 +128,12 @@ class VLLMEngine:
         from vllm.engine.arg_utils import EngineArgs
 
         if not torch.cuda.is_available():
-            raise RuntimeError("rollout.engine vllm needs a CUDA GPU; use engine hf on CPU")
-        path = getattr(policy, "name_or_path", None) or policy.config._name_or_path
+            raise RuntimeError("the vllm engine needs a CUDA GPU; use engine hf on CPU")
         kwargs: dict[str, Any] = {
             "model": path,
             "tokenizer": path,
-            "dtype": dtype or str(next(policy.parameters()).dtype).removeprefix("torch."),
-            "gpu_memory_utilization": rollout.gpu_memory_utilization,
+            "dtype": dtype,
+            "gpu_memory_utilization": gpu_memory_utilization,
             "enable_prefix_caching": True,
             "seed": 0,
             "max_model_len": max_model_len,
@@ -122,9 +147,8 @@ class VLLMEngine:
         known = {f.name for f in dataclasses.fields(EngineArgs)}
         kwargs = {k: v for k, v in kwargs.items()
                   if v is not None and (k in known or k in ("model", "tokenizer"))}
-        sleep = "enable_sleep_mode" in kwargs
-        engine = cls(LLM(**kwargs), tokenizer, sleep_mode=sleep)
-        engine.sync_weights(policy)
+        engine = cls(LLM(**kwargs), tokenizer, sleep_mode="enable_sleep_mode" in kwargs)
+        engine.max_model_len = max_model_len
         return engine
 
     # -- RolloutEngine -------------------------------------------------------------------------

@@ -78,7 +78,7 @@ def _load_vllm(config: ServingConfig) -> LoadedBackend:
 
         if not torch.cuda.is_available():
             raise RuntimeError("backend vllm needs a CUDA GPU; use --backend hf on CPU")
-        from scoreops.rollout.vllm import VLLMEngine  # type: ignore[import-not-found]
+        from scoreops.rollout.vllm import VLLMEngine
     except ImportError as exc:
         raise RuntimeError(
             f"backend vllm is unavailable here ({exc}); it needs the vllm package and the "
@@ -92,7 +92,7 @@ def _load_vllm(config: ServingConfig) -> LoadedBackend:
                               "gpu_memory_utilization": config.gpu_memory_utilization}
     if config.max_model_len:
         kwargs["max_model_len"] = config.max_model_len
-    engine = VLLMEngine(str(path), **kwargs)
+    engine = VLLMEngine.from_path(str(path), **kwargs)
     tokenizer = getattr(engine, "tokenizer", None)
     model_len = getattr(engine, "max_model_len", None)
     return LoadedBackend(

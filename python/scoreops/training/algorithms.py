@@ -138,7 +138,9 @@ def accumulate(
     import torch
 
     from scoreops.rollout import sequence_token_logprobs
+    from scoreops.rollout.vllm import release_generation_memory
 
+    release_generation_memory(ctx.engine)  # a colocated vLLM engine frees its KV cache
     total = len(batch)
     stats: dict[str, float] = {}
     for start in range(0, total, rows_per_micro):
