@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -46,8 +47,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     from scoreops.training.loop import RunFailed, Trainer, install_signal_handlers
 
+    rank = os.environ.get("RANK")
+
     def log(event: dict) -> None:
-        print(json.dumps(event, default=str), flush=True)
+        if rank is not None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            event = {**event, "rank": int(rank)}
+        # one write per line: lines of several ranks sharing a pipe never interleave
+        sys.stdout.write(json.dumps(event, default=str) + "\n")
+        sys.stdout.flush()
 
     trainer = Trainer(run, output=args.output, on_step=log, on_event=log, fresh=args.fresh)
     install_signal_handlers(trainer)

@@ -74,7 +74,7 @@ def write_items(path: Path, n: int, answer: str = "7") -> Path:
     rows = []
     for i in range(n):
         a = rng.randint(0, 7)
-        rows.append({"id": f"q{i}", "question": f"What is {a} + {int(answer) - a}?",
+        rows.append({"id": f"q{i}", "question": f"Question {i}: what is {a} + {int(answer) - a}?",
                      "answer": answer})
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
