@@ -44,6 +44,7 @@ chart: install  ## lint and package the Helm chart with the real helm
 	PATH=$$(hack/tools.sh):$$PATH helm lint --strict charts/scoreops && helm package charts/scoreops -d dist/
 
 bench: install  ## side-by-side benchmarks against peers (see bench/README.md)
+	$(PIP) install -q -e '.[bench]' -c <(echo torch==2.13.0)
 	PATH=$(abspath $(VENV))/bin:$$PATH bench/run_all.sh
 
 images:  ## build the container images (needs a Docker engine)
