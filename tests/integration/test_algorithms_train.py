@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import random
 from pathlib import Path
 from typing import Any
 
@@ -21,59 +20,16 @@ pytest.importorskip("transformers")
 
 from scoreops import storage  # noqa: E402
 from scoreops.api import parse_resource  # noqa: E402
-from scoreops.testing.tiny import build_tiny_model  # noqa: E402
+from scoreops.testing.digits import build_digit_model, write_answer_items  # noqa: E402
 from scoreops.training.loop import Trainer  # noqa: E402
 
-DIGITS = [str(d) for d in range(10)]
-
-
-def make_digit_model(out: Path, *, favour: dict[str, float] | None = None,
-                     weight: float = 3.0) -> Path:
-    """Tiny Llama whose next token is (almost always) a digit, for any context.
-
-    A constant coordinate (10.0 in dimension 0 of every token embedding) dominates the residual
-    stream (attention and MLP outputs are scaled by 0.01), so after the final norm dimension 0
-    is ≈ 4 everywhere; the head's column 0 is ``weight`` for the digit rows (``favour[d]`` for
-    digit d when given) and 0 elsewhere.
-    """
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    d = build_tiny_model(out, seed=0)
-    tok = AutoTokenizer.from_pretrained(d)
-    cfg = AutoConfig.from_pretrained(d)
-    cfg.tie_word_embeddings = False
-    tied = AutoModelForCausalLM.from_pretrained(d)
-    model = AutoModelForCausalLM.from_config(cfg)
-    state = tied.state_dict()
-    state["lm_head.weight"] = state["model.embed_tokens.weight"].clone()
-    model.load_state_dict(state)
-    digit_ids = [tok.convert_tokens_to_ids(x) for x in DIGITS]
-    with torch.no_grad():
-        model.model.embed_tokens.weight[:, 0] = 10.0
-        for layer in model.model.layers:
-            layer.self_attn.o_proj.weight.mul_(0.01)
-            layer.mlp.down_proj.weight.mul_(0.01)
-        model.lm_head.weight[:, 0] = 0.0
-        for digit, tid in zip(DIGITS, digit_ids, strict=True):
-            model.lm_head.weight[tid, 0] = (favour or {}).get(digit, weight)
-    model.save_pretrained(d)
-    return d
+make_digit_model = build_digit_model
+write_items = write_answer_items
 
 
 @pytest.fixture(scope="module")
 def digit_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_digit_model(tmp_path_factory.mktemp("digit") / "model")
-
-
-def write_items(path: Path, n: int, answer: str = "7") -> Path:
-    rng = random.Random(0)
-    rows = []
-    for i in range(n):
-        a = rng.randint(0, int(answer))
-        rows.append({"id": f"q{i}", "question": f"What is {a} + {int(answer) - a}?",
-                     "answer": answer, "source": "test"})
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
 
 
 def spec_doc(model: Path, data: Path, output: Path, algorithm: dict[str, Any],

@@ -19,65 +19,18 @@ torch = pytest.importorskip("torch")
 
 from scoreops import storage  # noqa: E402
 from scoreops.api import parse_resource  # noqa: E402
-from scoreops.testing.tiny import build_tiny_model  # noqa: E402
+from scoreops.testing.digits import build_digit_model, write_answer_items  # noqa: E402
 from scoreops.training.checkpoint import list_checkpoints  # noqa: E402
 from scoreops.training.loop import RunFailed, Trainer  # noqa: E402
-
-DIGITS = [str(d) for d in range(10)]
 
 
 @pytest.fixture(scope="module")
 def digit_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny random Llama taught (by a few hundred supervised steps) to answer any question,
-    first attempt or correction, with one random digit: right 1 time in 10 by chance, so a
-    reward for one fixed digit is learnable in a few RL steps."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from scoreops.rollout import encode_conversation
-
-    d = build_tiny_model(tmp_path_factory.mktemp("digit") / "model", seed=0)
-    tok = AutoTokenizer.from_pretrained(d)
-    model = AutoModelForCausalLM.from_pretrained(d)
-    digit_ids = torch.tensor([tok.convert_tokens_to_ids(x) for x in DIGITS])
-    rng = random.Random(1)
-    contexts = []
-    for i in range(64):
-        conv = [{"role": "user", "content": f"What is {rng.randint(0, 9)} + {rng.randint(0, 9)}?"}]
-        if i % 2:
-            conv += [{"role": "assistant", "content": str(rng.randint(0, 9))},
-                     {"role": "user", "content": "There might be an error. Correct it."}]
-        contexts.append(encode_conversation(tok, conv))
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    torch.manual_seed(0)
-    for _ in range(150):
-        batch = rng.sample(contexts, 16)
-        width = max(len(c) for c in batch)
-        ids = torch.full((16, width), tok.pad_token_id or 0)
-        attn = torch.zeros((16, width), dtype=torch.long)
-        for j, c in enumerate(batch):  # left padding, as at generation time
-            ids[j, width - len(c):] = torch.tensor(c)
-            attn[j, width - len(c):] = 1
-        pos = (attn.cumsum(-1) - 1).clamp(min=0)
-        logits = model(input_ids=ids, attention_mask=attn, position_ids=pos).logits[:, -1]
-        logp = torch.log_softmax(logits, -1)
-        # uniform over the ten digits: cross-entropy against a soft target
-        loss = -logp[:, digit_ids].mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    model.save_pretrained(d)
-    return d
+    """A tiny model that answers any question with a random digit (right 1 time in 10)."""
+    return build_digit_model(tmp_path_factory.mktemp("digit") / "model")
 
 
-def write_items(path: Path, n: int, answer: str = "7") -> Path:
-    rng = random.Random(0)
-    rows = []
-    for i in range(n):
-        a = rng.randint(0, 7)
-        rows.append({"id": f"q{i}", "question": f"Question {i}: what is {a} + {int(answer) - a}?",
-                     "answer": answer})
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
+write_items = write_answer_items
 
 
 def spec_doc(model: Path, data: Path, output: str, **over: Any) -> dict[str, Any]:
