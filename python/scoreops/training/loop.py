@@ -192,7 +192,10 @@ class Trainer:
 
             engine = VLLMEngine.colocated(policy, tokenizer, self.spec.rollout)
         else:
-            engine = HFEngine(policy, tokenizer, max_batch_size=64)
+            # cory switches LoRA adapters between turns without touching the weights the
+            # prefix cache fingerprints, so it must not reuse a turn's keys across roles
+            engine = HFEngine(policy, tokenizer, max_batch_size=64,
+                              prefix_cache=self.spec.algorithm.name != "cory")
         self.held_out = held
         ctx = StepContext(spec=self.spec, policy=policy, reference=reference, tokenizer=tokenizer,
                           engine=engine, verifier=verifier, train_items=train, device=device,
