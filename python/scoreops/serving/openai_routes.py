@@ -103,9 +103,15 @@ def _chat_response(corrector: Corrector, req: ChatCompletionRequest, prepared: P
         if prepared.return_attempts:
             choice["scoreops"] = {"strategy": prepared.strategy.name, **attempts_trace(a.result)}
         choices.append(choice)
+    return _envelope("chatcmpl", "chat.completion", corrector, choices, answers)
+
+
+def _envelope(id_prefix: str, object_name: str, corrector: Corrector,
+              choices: list[dict[str, Any]], answers: list[list[ServedResult]]) -> dict[str, Any]:
+    """The fields every OpenAI response shares around its choices."""
     return {
-        "id": f"chatcmpl-{uuid.uuid4().hex}",
-        "object": "chat.completion",
+        "id": f"{id_prefix}-{uuid.uuid4().hex}",
+        "object": object_name,
         "created": int(time.time()),
         "model": corrector.name,
         "choices": choices,
@@ -150,14 +156,7 @@ def _completion_response(corrector: Corrector, req: CompletionRequest,
                 choice["scoreops"] = {"strategy": prepared.strategy.name,
                                       **attempts_trace(a.result)}
             choices.append(choice)
-    return {
-        "id": f"cmpl-{uuid.uuid4().hex}",
-        "object": "text_completion",
-        "created": int(time.time()),
-        "model": corrector.name,
-        "choices": choices,
-        "usage": _usage(answers),
-    }
+    return _envelope("cmpl", "text_completion", corrector, choices, answers)
 
 
 def _completion_chunks(body: dict[str, Any], include_usage: bool) -> list[dict[str, Any]]:
