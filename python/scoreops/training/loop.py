@@ -118,6 +118,7 @@ class Trainer:
         self.digest = spec_digest(self.spec.to_wire())
         self._stop = False
         self.metrics: list[dict[str, Any]] = []
+        self._last_checkpoint: str | None = None
 
     # -- outputs ----------------------------------------------------------------------------
 
@@ -152,8 +153,6 @@ class Trainer:
             "versions": _versions(),
         }
         storage.write_json(self._uri("progress.json"), doc)
-
-    _last_checkpoint: str | None = None
 
     # -- setup ------------------------------------------------------------------------------
 
