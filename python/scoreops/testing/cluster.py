@@ -25,6 +25,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
+from scoreops.testing._repo import find_repo, tail
+
 if TYPE_CHECKING:
     from kubernetes.client import ApiClient
 
@@ -44,24 +46,11 @@ class ClusterError(RuntimeError):
 
 
 def repo_root() -> Path:
-    """The scoreops checkout holding ``hack/cluster.sh``.
-
-    ``$SCOREOPS_REPO`` wins; otherwise the checkout this module lives in (editable install).
-    """
-    env = os.environ.get("SCOREOPS_REPO")
-    candidates = [Path(env)] if env else []
-    candidates.append(Path(__file__).resolve().parents[3])
-    for root in candidates:
-        if (root / "hack" / "cluster.sh").is_file():
-            return root
-    raise ClusterError(
-        "cannot find the scoreops repository (hack/cluster.sh); set SCOREOPS_REPO to the "
-        f"checkout (looked in: {', '.join(str(c) for c in candidates)})"
-    )
+    """The scoreops checkout holding ``hack/cluster.sh`` (``$SCOREOPS_REPO`` wins)."""
+    return find_repo("cluster.sh", ClusterError)
 
 
-def _tail(text: str, lines: int = 40) -> str:
-    return "\n".join(text.rstrip().splitlines()[-lines:])
+_tail = tail
 
 
 def _run_script(script: str, *args: str, timeout: float | None = None) -> str:

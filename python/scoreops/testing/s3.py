@@ -26,6 +26,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, Self
 
+from scoreops.testing._repo import find_repo, tail
+
 __all__ = ["S3Server", "S3ServerError", "s3_repo_root"]
 
 Kind = Literal["rclone", "ceph"]
@@ -38,20 +40,10 @@ class S3ServerError(RuntimeError):
 
 def s3_repo_root() -> Path:
     """The scoreops checkout holding ``hack/s3.sh`` (``$SCOREOPS_REPO`` wins)."""
-    env = os.environ.get("SCOREOPS_REPO")
-    candidates = [Path(env)] if env else []
-    candidates.append(Path(__file__).resolve().parents[3])
-    for root in candidates:
-        if (root / "hack" / "s3.sh").is_file():
-            return root
-    raise S3ServerError(
-        "cannot find hack/s3.sh; set SCOREOPS_REPO to the scoreops checkout "
-        f"(looked in: {', '.join(str(c) for c in candidates)})"
-    )
+    return find_repo("s3.sh", S3ServerError)
 
 
-def _tail(text: str, lines: int = 40) -> str:
-    return "\n".join(text.rstrip().splitlines()[-lines:])
+_tail = tail
 
 
 def _read_env_file(path: Path) -> dict[str, str]:
