@@ -20,7 +20,11 @@ pytest.importorskip("transformers")
 
 from scoreops import storage  # noqa: E402
 from scoreops.api import parse_resource  # noqa: E402
-from scoreops.testing.digits import build_digit_model, write_answer_items  # noqa: E402
+from scoreops.testing.digits import (  # noqa: E402
+    build_digit_model,
+    scorerun_doc,
+    write_answer_items,
+)
 from scoreops.training.loop import Trainer  # noqa: E402
 
 make_digit_model = build_digit_model
@@ -48,14 +52,7 @@ def spec_doc(model: Path, data: Path, output: Path, algorithm: dict[str, Any],
         "output": {"uri": str(output)},
         "seed": 0,
     }
-    for path, value in over.items():
-        node = spec
-        keys = path.split(".")
-        for k in keys[:-1]:
-            node = node[k]
-        node[keys[-1]] = value
-    return {"apiVersion": "scoreops.io/v1alpha1", "kind": "ScoreRun",
-            "metadata": {"name": "t"}, "spec": spec}
+    return scorerun_doc(spec, **over)
 
 
 def final_weights(output: Path) -> dict[str, torch.Tensor]:

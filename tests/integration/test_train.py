@@ -19,7 +19,11 @@ torch = pytest.importorskip("torch")
 
 from scoreops import storage  # noqa: E402
 from scoreops.api import parse_resource  # noqa: E402
-from scoreops.testing.digits import build_digit_model, write_answer_items  # noqa: E402
+from scoreops.testing.digits import (  # noqa: E402
+    build_digit_model,
+    scorerun_doc,
+    write_answer_items,
+)
 from scoreops.training.checkpoint import list_checkpoints  # noqa: E402
 from scoreops.training.loop import RunFailed, Trainer  # noqa: E402
 
@@ -47,14 +51,7 @@ def spec_doc(model: Path, data: Path, output: str, **over: Any) -> dict[str, Any
         "output": {"uri": output},
         "seed": 0,
     }
-    for path, value in over.items():
-        node = spec
-        keys = path.split(".")
-        for k in keys[:-1]:
-            node = node[k]
-        node[keys[-1]] = value
-    return {"apiVersion": "scoreops.io/v1alpha1", "kind": "ScoreRun",
-            "metadata": {"name": "t"}, "spec": spec}
+    return scorerun_doc(spec, **over)
 
 
 def test_turn2_reward_rises_on_learnable_task(digit_model: Path, tmp_path: Path) -> None:

@@ -106,6 +106,17 @@ def _chat_response(corrector: Corrector, req: ChatCompletionRequest, prepared: P
     return _envelope("chatcmpl", "chat.completion", corrector, choices, answers)
 
 
+def _reply(req: ChatCompletionRequest | CompletionRequest, body: dict[str, Any],
+           chunks: Callable[[dict[str, Any], bool], list[dict[str, Any]]]) -> Response:
+    """The body as JSON, or as server-sent chunks when the request asked to stream."""
+    from fastapi.responses import JSONResponse, StreamingResponse
+
+    if req.stream:
+        usage = bool(req.stream_options and req.stream_options.include_usage)
+        return StreamingResponse(_sse(chunks(body, usage)), media_type="text/event-stream")
+    return JSONResponse(body)
+
+
 def _envelope(id_prefix: str, object_name: str, corrector: Corrector,
               choices: list[dict[str, Any]], answers: list[list[ServedResult]]) -> dict[str, Any]:
     """The fields every OpenAI response shares around its choices."""
@@ -180,7 +191,7 @@ def _completion_chunks(body: dict[str, Any], include_usage: bool) -> list[dict[s
 def register_openai_routes(app: FastAPI, corrector: Corrector) -> None:
     """Add the ``/openai/v1`` routes for ``corrector`` to ``app`` (before the server starts)."""
     from fastapi import APIRouter
-    from fastapi.responses import JSONResponse, StreamingResponse
+    from fastapi.responses import JSONResponse
 
     router = APIRouter(prefix=PREFIX, tags=["OpenAI"])
 
@@ -211,12 +222,7 @@ def register_openai_routes(app: FastAPI, corrector: Corrector) -> None:
                 max_tokens_param=mt_param, temperature=req.temperature, top_p=req.top_p,
                 stop=req.stop_list, seed=req.seed, options=req.scoreops, arrival=arrival)
             answers = await corrector.run(prepared)
-            body = _chat_response(corrector, req, prepared, answers)
-            if req.stream:
-                usage = bool(req.stream_options and req.stream_options.include_usage)
-                return StreamingResponse(_sse(_chat_chunks(body, usage)),
-                                         media_type="text/event-stream")
-            return JSONResponse(body)
+            return _reply(req, _chat_response(corrector, req, prepared, answers), _chat_chunks)
 
         return await _timed(corrector, "chat", handle)
 
@@ -233,12 +239,8 @@ def register_openai_routes(app: FastAPI, corrector: Corrector) -> None:
                 temperature=req.temperature, top_p=req.top_p, stop=req.stop_list,
                 seed=req.seed, options=req.scoreops, arrival=arrival)
             answers = await corrector.run(prepared)
-            body = _completion_response(corrector, req, prepared, answers)
-            if req.stream:
-                usage = bool(req.stream_options and req.stream_options.include_usage)
-                return StreamingResponse(_sse(_completion_chunks(body, usage)),
-                                         media_type="text/event-stream")
-            return JSONResponse(body)
+            return _reply(req, _completion_response(corrector, req, prepared, answers),
+                          _completion_chunks)
 
         return await _timed(corrector, "completions", handle)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
+from typing import Any
 
 from scoreops.testing.tiny import build_tiny_model
 
@@ -62,3 +63,16 @@ def write_answer_items(path: str | Path, n: int, answer: str = "7") -> Path:
     path = Path(path)
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
+
+
+def scorerun_doc(spec: dict[str, Any], name: str = "t", **over: Any) -> dict[str, Any]:
+    """A ScoreRun resource around ``spec``, with dotted-path overrides applied
+    (``**{"optim.learningRate": 0.01}``)."""
+    for path, value in over.items():
+        node = spec
+        keys = path.split(".")
+        for k in keys[:-1]:
+            node = node[k]
+        node[keys[-1]] = value
+    return {"apiVersion": "scoreops.io/v1alpha1", "kind": "ScoreRun",
+            "metadata": {"name": name}, "spec": spec}
