@@ -163,7 +163,10 @@ def main() -> int:
     parser.add_argument("--gsm8k", type=int, default=16, help="GSM8K items")
     parser.add_argument("--arc", type=int, default=100, help="ARC-Challenge items")
     parser.add_argument("--max-new-tokens", type=int, default=160)
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=8,
+                        help="scoreops generation.batchSize (and lm-eval's, unless set below)")
+    parser.add_argument("--lm-eval-batch-size", type=int, default=None,
+                        help="lm-eval's batch_size if different (its own default is 1)")
     parser.add_argument("--data-root", default=None, help="where benchmarks are imported")
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
@@ -186,7 +189,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         _lm_eval_tasks(folder, gsm8k, arc, args.max_new_tokens)
-        lm_scores, lm_times = run_lm_eval(model_dir, folder, args.batch_size, device)
+        lm_batch = args.lm_eval_batch_size or args.batch_size
+        lm_scores, lm_times = run_lm_eval(model_dir, folder, lm_batch, device)
         so_scores, so_times = run_scoreops(model_dir, args.gsm8k, args.arc,
                                            args.max_new_tokens, args.batch_size,
                                            args.data_root, folder / "scoreops-out")
@@ -194,7 +198,8 @@ def main() -> int:
     lm_total = sum(lm_times.values())
     print(f"\nSmolLM2-135M-Instruct on {device} ({torch.get_num_threads()} threads), "
           f"GSM8K n={len(gsm8k)} (0-shot chat, greedy, {args.max_new_tokens} tokens), "
-          f"ARC-Challenge n={len(arc)} (log-likelihood), batch size {args.batch_size}\n")
+          f"ARC-Challenge n={len(arc)} (log-likelihood), batch size scoreops "
+          f"{args.batch_size} / lm-eval {lm_batch}\n")
     print(f"{'metric':<16}{'scoreops':>10}{'lm-eval':>10}{'diff (pts)':>12}")
     for key in lm_scores:
         diff = 100 * (so_scores[key] - lm_scores[key])
@@ -211,6 +216,7 @@ def main() -> int:
         Path(args.json).write_text(json.dumps({
             "scoreops": so_scores, "lm_eval": lm_scores, "scoreops_seconds": so_times,
             "lm_eval_seconds": lm_times, "n_gsm8k": len(gsm8k), "n_arc": len(arc),
+            "batch_size": {"scoreops": args.batch_size, "lm_eval": lm_batch},
             "device": device}, indent=2))
     return 0
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from scoreops.api import parse_resource
-from scoreops.evaluate import loglikelihoods, main, run_evalsuite
+from scoreops.evaluate import _encode_pair, loglikelihoods, main, run_evalsuite
 
 GSM8K = [
     {"id": f"g{i}", "question": f"Tom has {a} apples and buys {b} more. How many now?",
@@ -107,27 +107,68 @@ def test_evalsuite_end_to_end(tiny: Path, tmp_path: Path) -> None:
     assert a["acc"] == pytest.approx(sum(r["acc"] for r in ll_records) / 3)
 
 
-def test_batched_loglikelihoods_equal_one_at_a_time(tiny: Path) -> None:
+LL_REQUESTS = [
+    ("Question: What is 2+2?\nAnswer:", " 4"),
+    ("Question: What is 2+2?\nAnswer:", " four, which is the sum of two and two"),
+    ("Q: a much longer context with many more words in it than the others\nA:", " yes indeed"),
+    ("Question: What is 2+2?\nAnswer:", " 5"),
+    ("Short ", "tail"),  # trailing space moves into the continuation
+    ("Q: a much longer context with many more words in it than the others\nA:", " no"),
+    ("Short ", "er and shorter still"),
+]
+
+
+def _one_at_a_time(model: Any, tok: Any, ctx: str, cont: str) -> tuple[float, bool]:
+    """log p(cont | ctx) from a plain forward pass over context + continuation alone."""
     import torch
 
+    stripped = ctx.rstrip()
+    cont = ctx[len(stripped):] + cont
+    whole = tok(stripped + cont, add_special_tokens=False)["input_ids"]
+    n_ctx = len(tok(stripped, add_special_tokens=False)["input_ids"])
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([whole])).logits[0].float()
+    lp = torch.log_softmax(logits, -1)
+    span = range(n_ctx, len(whole))
+    return (sum(float(lp[i - 1, whole[i]]) for i in span),
+            all(int(lp[i - 1].argmax()) == whole[i] for i in span))
+
+
+@pytest.mark.parametrize("batch_size", [1, 2, 8])
+def test_batched_loglikelihoods_equal_one_at_a_time(tiny: Path, batch_size: int) -> None:
+    """Options sharing a context are packed into one row (tree mask, branch positions);
+    the scores equal separate forward passes for every batch size."""
     from scoreops.models import load_model
 
     model, tok = load_model(str(tiny))
-    requests = [("Question: What is 2+2?\nAnswer:", " 4"),
-                ("Q: a much longer context with many more words in it than the others\nA:",
-                 " yes indeed"),
-                ("Short ", "tail")]  # trailing space moves into the continuation
-    batched = loglikelihoods(model, tok, requests, batch_size=3)
-    for (ctx, cont), (ll, _) in zip(requests, batched, strict=True):
-        stripped = ctx.rstrip()
-        cont = ctx[len(stripped):] + cont
-        whole = tok(stripped + cont, add_special_tokens=False)["input_ids"]
-        n_ctx = len(tok(stripped, add_special_tokens=False)["input_ids"])
-        with torch.no_grad():
-            logits = model(input_ids=torch.tensor([whole])).logits[0].float()
-        lp = torch.log_softmax(logits, -1)
-        expected = sum(float(lp[i - 1, whole[i]]) for i in range(n_ctx, len(whole)))
+    batched = loglikelihoods(model, tok, LL_REQUESTS, batch_size=batch_size)
+    for (ctx, cont), (ll, greedy) in zip(LL_REQUESTS, batched, strict=True):
+        expected, expected_greedy = _one_at_a_time(model, tok, ctx, cont)
         assert ll == pytest.approx(expected, abs=1e-4)
+        assert greedy == expected_greedy
+
+
+def test_loglikelihoods_one_per_row_paths(tiny: Path) -> None:
+    """Unpacked scoring (one request per row, as lm-evaluation-harness does) equals the
+    packed one; a context too long to pack is truncated on the left."""
+    from scoreops.models import load_model
+
+    model, tok = load_model(str(tiny))
+    packed = loglikelihoods(model, tok, LL_REQUESTS, batch_size=4)
+    alone = loglikelihoods(model, tok, LL_REQUESTS, batch_size=4, pack=False)
+    for (a, ga), (b, gb) in zip(packed, alone, strict=True):
+        assert a == pytest.approx(b, abs=1e-4)
+        assert ga == gb
+    # Requests longer than max_length + 1 tokens lose their first tokens; the rest do not.
+    sizes = [sum(map(len, _encode_pair(tok, c, x))) for c, x in LL_REQUESTS]
+    limit = sorted(sizes)[len(sizes) // 2]
+    limited = loglikelihoods(model, tok, LL_REQUESTS, batch_size=4, max_length=limit)
+    assert any(n > limit + 1 for n in sizes) and any(n <= limit + 1 for n in sizes)
+    for k, ((a, _), (b, _)) in enumerate(zip(packed, limited, strict=True)):
+        if sizes[k] > limit + 1:
+            assert a != pytest.approx(b, abs=1e-4)
+        else:
+            assert a == pytest.approx(b, abs=1e-4)
 
 
 def test_self_consistency_suite_and_bad_input(tiny: Path, tmp_path: Path,

@@ -32,6 +32,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from scoreops.rollout.chat import encode_conversation
+from scoreops.rollout.kv_cache import make_cache, reserved_layer_class
 from scoreops.rollout.prefix_cache import CachedRow, PrefixCache, model_fingerprint
 from scoreops.rollout.types import Completion, Conversation, FinishReason, SamplingParams
 
@@ -204,7 +205,10 @@ class HFEngine:
             ids[i, width - len(p) :] = torch.tensor(p, dtype=torch.long)
             mask[i, width - len(p) :] = 1
         ids, mask = ids.to(self.device), mask.to(self.device)
-        past, sources = self._cached_prefix(model, prompts, width)
+        reserve = params.max_new_tokens + 1
+        past, sources = self._cached_prefix(model, prompts, width, reserve)
+        if past is None:  # states are written into reserved room, not concatenated per step
+            past = make_cache(model.config, reserve)
 
         sampler = _RowSampler(seeds, params, self.device)
         stopper = _RowStopper(width, self.eos_token_ids, params.stop, self.tokenizer)
@@ -221,7 +225,6 @@ class HFEngine:
             top_p=None,
             top_k=None,
         )
-        extra: dict[str, Any] = {} if past is None else {"past_key_values": past}
         with torch.inference_mode():
             out = model.generate(
                 input_ids=ids,
@@ -229,7 +232,7 @@ class HFEngine:
                 generation_config=config,
                 logits_processor=LogitsProcessorList([sampler]),
                 stopping_criteria=StoppingCriteriaList([stopper]),
-                **extra,
+                past_key_values=past,
             )
         if self.prefix_cache is not None:
             sequences = out.sequences
@@ -263,7 +266,7 @@ class HFEngine:
         return completions
 
     def _cached_prefix(
-        self, model: PreTrainedModel, prompts: list[list[int]], width: int
+        self, model: PreTrainedModel, prompts: list[list[int]], width: int, reserve: int
     ) -> tuple[Any, list[CachedRow | None]]:
         """A left-padded cache of the rows' stored prefixes, or ``None`` if it saves nothing.
 
@@ -288,7 +291,6 @@ class HFEngine:
             return None, [None] * len(prompts)
 
         import torch
-        from transformers import DynamicCache
 
         first = next(s for s in sources if s is not None)
         data = []
@@ -303,7 +305,7 @@ class HFEngine:
                     keys[i, :, span - u :] = k[:, :u]
                     values[i, :, span - u :] = v[:, :u]
                 data.append((keys, values))
-            past = DynamicCache(ddp_cache_data=data, config=model.config)
+            past = make_cache(model.config, width - span + reserve, data)
         hits = sum(1 for u in used if u)
         self.prefix_cache.hits += hits
         self.prefix_cache.misses += len(prompts) - hits
@@ -323,7 +325,8 @@ class HFEngine:
         assert self.prefix_cache is not None
         layers = getattr(cache, "layers", None)
         # Only full-attention layers hold every position (a sliding-window layer does not).
-        if not layers or any(type(layer) is not DynamicLayer for layer in layers):
+        full = (DynamicLayer, reserved_layer_class())
+        if not layers or any(type(layer) not in full for layer in layers):
             return
         length = layers[0].keys.shape[2]
         for i, (prompt, gen) in enumerate(zip(prompts, completions, strict=True)):
