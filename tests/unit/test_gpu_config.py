@@ -43,6 +43,9 @@ def test_deepspeed_stage_selects_its_file_and_resolves_auto(stage: str) -> None:
     assert cfg["gradient_clipping"] == 0.5
     assert cfg["train_micro_batch_size_per_gpu"] == 4
     assert "auto" not in repr(cfg)
+    # micro-batch counts vary per step: the caller owns the accumulation boundary
+    assert cfg["managed_gradient_accumulation"] is False
+    assert cfg["gradient_accumulation_steps"] == 1
     assert config_path(stage) == ROOT / "jobs" / "deepspeed" / f"{stage}.json"
 
 
@@ -59,6 +62,14 @@ def test_deepspeed_config_honours_the_jobs_dir(monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setenv("SCOREOPS_JOBS_DIR", str(tmp_path))
     with pytest.raises(FileNotFoundError, match="SCOREOPS_JOBS_DIR"):
         deepspeed_config(spec(deepspeed="zero3"))
+
+
+def test_deepspeed_on_cpu_needs_fp32() -> None:
+    from scoreops.api import InvalidResource
+
+    assert spec(deepspeed="zero2", gpusPerWorker=0, precision="fp32").resources.deepspeed == "zero2"
+    with pytest.raises(InvalidResource, match="precision fp32"):
+        spec(deepspeed="zero3", gpusPerWorker=0)
 
 
 def test_vllm_request_parameters() -> None:

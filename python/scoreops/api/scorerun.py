@@ -246,7 +246,8 @@ class TrainResources(WorkerResources):
     """Compute of a training run."""
 
     deepspeed: Literal["none", "zero2", "zero3"] = Field(
-        "none", description="DeepSpeed ZeRO stage (GPU only)."
+        "none",
+        description="DeepSpeed ZeRO stage (GPUs; on CPU only with precision fp32, for tests).",
     )
     precision: Precision = Field("bf16", description="Training precision (fp32 on CPU).")
     backoff_limit: int = Field(3, ge=0, le=100, description="Pod restarts before the job fails.")
@@ -296,8 +297,10 @@ class ScoreRunSpec(ApiModel):
         res = self.resources
         if self.rollout.engine == "vllm" and res.gpus_per_worker == 0:
             raise ValueError("rollout.engine vllm needs resources.gpusPerWorker >= 1")
-        if res.deepspeed != "none" and res.gpus_per_worker == 0:
-            raise ValueError(f"resources.deepspeed {res.deepspeed} needs resources.gpusPerWorker >= 1")
+        if res.deepspeed != "none" and res.gpus_per_worker == 0 and res.precision != "fp32":
+            # DeepSpeed's CPU accelerator (gloo, fp32) exists for tests, not for speed
+            raise ValueError(f"resources.deepspeed {res.deepspeed} needs resources.gpusPerWorker "
+                             ">= 1, or resources.precision fp32 to run on CPU")
         if self.algorithm.name == "score" and self.rollout.turns < 2:
             raise ValueError("algorithm score needs rollout.turns >= 2")
         if self.optim.micro_batch_size > self.optim.batch_size * self.rollout.samples_per_prompt:

@@ -1,10 +1,11 @@
 """One optimiser step of each algorithm: rollouts → rewards → loss → backward.
 
 Each algorithm is a class with ``stage(step)`` and ``backward(ctx, step, prompts)``; the loop
-does everything else (zeroing, clipping, the optimiser and scheduler step, checkpoints).
-``backward`` accumulates gradients over micro-batches and returns scalar statistics of the
-step (``reward_t1``, ``reward_t2``, ``loss``, ``kl_turn1``, ...). New algorithms register
-with :func:`register`.
+does everything else (zeroing, the optimiser backend's step, checkpoints). ``backward``
+accumulates gradients over micro-batches with :func:`backward_micro_batches` (through
+``ctx.backend``: plain torch or DeepSpeed, never ``loss.backward()`` directly) and returns
+scalar statistics of the step (``reward_t1``, ``reward_t2``, ``loss``, ``kl_turn1``, ...).
+New algorithms register with :func:`register`.
 """
 
 from __future__ import annotations
@@ -124,40 +125,114 @@ def micro_batch_rows(ctx: StepContext, group_size: int) -> int:
     return max(group_size, (size // group_size) * group_size)
 
 
-def accumulate(
-    ctx: StepContext,
-    batch: TrainingBatch,
-    rows_per_micro: int,
-    loss_fn: Callable[[slice, TrainingBatch, torch.Tensor, torch.Tensor], tuple[torch.Tensor, dict[str, float]]],
-) -> dict[str, float]:
-    """Backward ``loss_fn`` over micro-batches so gradients equal the full-batch mean's.
+LossFn = Callable[["slice", "TrainingBatch", "torch.Tensor", "torch.Tensor"],
+                  tuple["torch.Tensor", dict[str, float]]]
+"""``loss_fn(rows, micro_batch, logp, ref_logp)`` → the micro-batch's mean loss, statistics."""
+MicroLoss = Callable[["slice", "TrainingBatch"], tuple["torch.Tensor", dict[str, float]]]
+"""``loss(rows, micro_batch)`` → the micro-batch's mean loss and statistics (does its own
+forward passes through ``ctx.trainable``)."""
 
-    ``loss_fn(rows, micro_batch, logp, ref_logp)`` returns the micro-batch's mean loss and its
-    statistics; both are re-weighted by the micro-batch's share of the rows.
+
+@dataclass
+class LossTerm:
+    """One term of a step's loss, the mean over the rows of ``batch`` (over all ranks).
+
+    ``batch`` is ``None`` when this rank has no rows of the term this step (e.g. no MGRPO
+    layer-2 group survived here); the term must still be passed, so that every rank agrees on
+    the terms of the step.
     """
+
+    batch: TrainingBatch | None
+    rows_per_micro: int
+    loss: MicroLoss
+
+    @property
+    def rows(self) -> int:
+        return 0 if self.batch is None else len(self.batch)
+
+    @property
+    def micro_batches(self) -> int:
+        return -(-self.rows // max(1, self.rows_per_micro))
+
+
+def policy_loss(ctx: StepContext, loss_fn: LossFn) -> MicroLoss:
+    """A :data:`MicroLoss` from a loss on the policy's and the reference's token log-probs
+    (the policy's own, detached, when the run has no reference model)."""
     import torch
 
     from scoreops.rollout import sequence_token_logprobs
-    from scoreops.rollout.vllm import release_generation_memory
 
-    release_generation_memory(ctx.engine)  # a colocated vLLM engine frees its KV cache
-    total = len(batch)
-    stats: dict[str, float] = {}
-    for start in range(0, total, rows_per_micro):
-        rows = slice(start, min(total, start + rows_per_micro))
-        mb = batch.select(rows)
-        logp = sequence_token_logprobs(ctx.trainable, mb)
+    def compute(rows: slice, mb: TrainingBatch) -> tuple[torch.Tensor, dict[str, float]]:
+        logp = sequence_token_logprobs(ctx.trainable, mb, fused_head=ctx.fused_head)
         if ctx.reference is not None:
             with torch.no_grad():
                 ref = sequence_token_logprobs(ctx.reference, mb)
         else:
             ref = logp.detach()
-        loss, st = loss_fn(rows, mb, logp, ref)
-        share = len(mb) / total
-        (loss * share).backward()
-        for k, v in st.items():
-            stats[k] = stats.get(k, 0.0) + v * share
+        return loss_fn(rows, mb, logp, ref)
+
+    return compute
+
+
+def backward_micro_batches(ctx: StepContext, terms: Sequence[LossTerm]) -> dict[str, float]:
+    """Backward every term over micro-batches; gradients and statistics equal those of the sum
+    of the terms' global-batch means.
+
+    A micro-batch's loss is weighted by ``rows · W / R``, with ``R`` the term's rows summed
+    over the ``W`` ranks: the backend averages gradients over ranks, so a rank's weight is its
+    share of the global rows (the single-process gradient of the same global batch), also when
+    ranks keep different numbers of rows (MGRPO layer 2, STaR). Where the backend reduces
+    inside every backward (DeepSpeed ZeRO-2/3) ranks with fewer micro-batches run zero-weight
+    ones until all ran the same number (at least one).
+    """
+    from scoreops.rollout.vllm import release_generation_memory
+    from scoreops.training.distributed import all_reduce_ints
+
+    backend = ctx.backend
+    if backend is None:
+        raise RuntimeError("the step context has no optimiser backend")
+    release_generation_memory(ctx.engine)  # a colocated vLLM engine frees its KV cache
+    world = ctx.dist.world_size if ctx.dist.distributed else 1
+    totals = all_reduce_ints([t.rows for t in terms]) if world > 1 else [t.rows for t in terms]
+    stats: dict[str, float] = {}
+    done = 0
+    for term, total in zip(terms, totals, strict=True):
+        if term.batch is None or total == 0:
+            continue
+        for start in range(0, term.rows, term.rows_per_micro):
+            rows = slice(start, min(term.rows, start + term.rows_per_micro))
+            mb = term.batch.select(rows)
+            loss, st = term.loss(rows, mb)
+            share = len(mb) * world / total
+            backend.backward(loss * share)
+            done += 1
+            for k, v in st.items():
+                stats[k] = stats.get(k, 0.0) + v * share
+    if backend.aligned_micro_batches:
+        target = max(1, all_reduce_ints([done], op="max")[0] if world > 1 else done)
+        for _ in range(target - done):
+            _idle_backward(ctx)
     return stats
+
+
+def _idle_backward(ctx: StepContext) -> None:
+    """A zero-weight forward/backward through the whole policy: its collectives match a real
+    micro-batch's on the other ranks, its gradient is zero."""
+    import torch
+
+    tok = ctx.tokenizer
+    pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+    ids = torch.full((1, 2), int(pad), dtype=torch.long, device=ctx.device)
+    out = ctx.trainable(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False)
+    assert ctx.backend is not None
+    ctx.backend.backward(out.logits.float().sum() * 0.0)
+
+
+def accumulate(ctx: StepContext, batch: TrainingBatch, rows_per_micro: int,
+               loss_fn: LossFn) -> dict[str, float]:
+    """Backward one loss term ``loss_fn`` (see :data:`LossFn`) over micro-batches of
+    ``batch``: :func:`backward_micro_batches` with :func:`policy_loss`."""
+    return backward_micro_batches(ctx, [LossTerm(batch, rows_per_micro, policy_loss(ctx, loss_fn))])
 
 
 def _rollout_stats(ro: Rollout, turns: int) -> dict[str, float]:

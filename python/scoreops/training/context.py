@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from scoreops.data import Item
     from scoreops.rewards import Verifier
     from scoreops.rollout import RolloutEngine
+    from scoreops.training.backend import OptimizerBackend
 
 
 @dataclass(frozen=True)
@@ -53,12 +54,19 @@ class StepContext:
     train_items: list[Item]
     device: torch.device
     dist: DistEnv = field(default_factory=DistEnv)
-    ddp_model: torch.nn.Module | None = None  # the wrapped policy when distributed
+    backend: OptimizerBackend | None = None  # set by the loop once the optimiser exists
 
     @property
     def trainable(self) -> torch.nn.Module:
-        """The module to run forward/backward through (DDP-wrapped when distributed)."""
-        return self.ddp_model if self.ddp_model is not None else self.policy
+        """The module to run training forward passes through (the DeepSpeed engine under
+        DeepSpeed, else the policy)."""
+        return self.backend.forward_module if self.backend is not None else self.policy
+
+    @property
+    def fused_head(self) -> bool | None:
+        """``fused_head`` for :func:`scoreops.rollout.sequence_token_logprobs` on
+        :attr:`trainable`."""
+        return self.backend.fused_head if self.backend is not None else None
 
     def step_seed(self, step: int, salt: int = 0) -> int:
         """Sampling seed of a step: a pure function of (run seed, step, rank), so a resumed run

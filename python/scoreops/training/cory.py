@@ -26,12 +26,20 @@ import functools
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from scoreops.training.algorithms import _rollout_stats, micro_batch_rows, register, sample_episodes
+from scoreops.training.algorithms import (
+    LossTerm,
+    _rollout_stats,
+    backward_micro_batches,
+    micro_batch_rows,
+    register,
+    sample_episodes,
+)
 
 if TYPE_CHECKING:
     import torch
 
     from scoreops.data import Item
+    from scoreops.rollout import TrainingBatch
     from scoreops.training.context import StepContext
 
 __all__ = ["ADAPTER_MODULE", "CoryAlgorithm"]
@@ -153,6 +161,10 @@ class CoryAlgorithm:
         if ctx.dist.distributed:
             raise NotImplementedError("algorithm cory runs in one process for now "
                                       "(resources.workers 1, one GPU)")
+        if ctx.spec.resources.deepspeed == "zero3":
+            raise NotImplementedError("algorithm cory switches adapters on the base weights, "
+                                      "which ZeRO-3 partitions; use resources.deepspeed zero2 "
+                                      "or none")
         ctx.policy.requires_grad_(False)
         lora = _lora_module_class()(ctx.policy, ROLES, self.cfg.lora_rank, seed=ctx.spec.seed)
         ctx.policy.add_module(ADAPTER_MODULE, lora)
@@ -203,27 +215,22 @@ class CoryAlgorithm:
                                                  for e in episodes), ro.seconds)
         r_p, r_o = both.reward_tensor(0), both.reward_tensor(1)
         batch = build_training_batch(ctx.tokenizer, episodes, MAX_SEQUENCE_TOKENS)
-        rows_per = micro_batch_rows(ctx, g)
-        stats: dict[str, float] = {}
-        total = len(batch)
-        for start in range(0, total, rows_per):
-            rows = slice(start, min(total, start + rows_per))
-            mb = batch.select(rows)
+        fused = ctx.fused_head
+
+        def loss_fn(rows: slice, mb: TrainingBatch) -> tuple[torch.Tensor, dict[str, float]]:
             with lora.use(pioneer):
-                lp_p = sequence_token_logprobs(ctx.trainable, mb)
+                lp_p = sequence_token_logprobs(ctx.trainable, mb, fused_head=fused)
             with lora.use(observer):
-                lp_o = sequence_token_logprobs(ctx.trainable, mb)
+                lp_o = sequence_token_logprobs(ctx.trainable, mb, fused_head=fused)
             ref = None
             if cfg.beta > 0:
                 with torch.no_grad(), lora.use(None):
-                    ref = sequence_token_logprobs(ctx.trainable, mb)
-            loss, st = cory_loss(lp_p, ref, mb.mask(1).to(lp_p.device), lp_o, ref,
-                                 mb.mask(2).to(lp_o.device), r_p[rows].to(lp_p.device),
-                                 r_o[rows].to(lp_p.device), group_size=g, beta=cfg.beta)
-            share = len(mb) / total
-            (loss * share).backward()
-            for k, v in st.items():
-                stats[k] = stats.get(k, 0.0) + v * share
+                    ref = sequence_token_logprobs(ctx.trainable, mb, fused_head=fused)
+            return cory_loss(lp_p, ref, mb.mask(1).to(lp_p.device), lp_o, ref,
+                             mb.mask(2).to(lp_o.device), r_p[rows].to(lp_p.device),
+                             r_o[rows].to(lp_p.device), group_size=g, beta=cfg.beta)
+
+        stats = backward_micro_batches(ctx, [LossTerm(batch, micro_batch_rows(ctx, g), loss_fn)])
         # what generates between steps (mid-run evaluation): the next step's pioneer
         lora.active = roles_for_step(step + 1, cfg.exchange_every)[0]
         return {**stats, **_rollout_stats(both, 2), "pioneer_is_a": float(pioneer == "a")}

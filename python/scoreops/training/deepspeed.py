@@ -1,21 +1,45 @@
-"""DeepSpeed ZeRO-2 / ZeRO-3 for the policy (GPU only; deepspeed imported lazily).
+"""DeepSpeed ZeRO-2 / ZeRO-3 for the policy (deepspeed imported lazily).
 
 ``spec.resources.deepspeed`` picks ``jobs/deepspeed/zero2.json`` or ``zero3.json`` (shipped in
 the trainer image at ``$SCOREOPS_JOBS_DIR``); :func:`deepspeed_config` fills the values a
-ScoreRun decides (precision, clipping, micro-batch) and :func:`initialize` wraps the policy,
-optimiser and scheduler in a DeepSpeed engine. The configuration logic is pure and tested on
-CPU; :func:`initialize` needs CUDA and the ``deepspeed`` package.
+ScoreRun decides (precision, clipping, micro-batch, accumulation) and :func:`initialize` wraps
+the policy, the client optimiser (torch AdamW) and the scheduler in a DeepSpeed engine.
+:class:`DeepSpeedBackend` is the :class:`scoreops.training.backend.OptimizerBackend` around it.
+
+Gradient accumulation: the number of micro-batches in a step is data-dependent (MGRPO's layer
+2, STaR's kept solutions), so the configuration sets ``managed_gradient_accumulation: false``
+with ``gradient_accumulation_steps: 1``: ``engine.backward(loss)`` only accumulates (each
+micro-batch's loss already carries its share of the step, as with plain torch, and DeepSpeed
+does not rescale it), and every ``engine.step()`` is the boundary that reduces, clips
+(``gradient_clipping`` = ``optim.maxGradNorm``), steps the optimiser and the scheduler. ZeRO-2/3
+reduce gradient partitions inside each backward, so all ranks run the same number of backward
+passes per step (the backend sets ``aligned_micro_batches``; ranks with fewer rows pad with
+zero-weight micro-batches).
+
+ZeRO-3 partitions the parameters themselves: the rollout engine then holds its own full copy
+(the loop loads one), refreshed by :meth:`DeepSpeedBackend.sync_rollout` under
+``deepspeed.zero.GatheredParameters``; checkpoints and the final model take the weights from
+``engine._zero3_consolidated_16bit_state_dict()`` (gathered layer by layer on rank 0); the
+log-probabilities go through the model's top-level forward (``fused_head=False``).
+
+CPU: with no GPU the engine runs on DeepSpeed's ``cpu`` accelerator over gloo, fp32 only. That
+is a test accelerator (the integration tests use it), not a way to train fast.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["config_path", "deepspeed_config", "initialize", "jobs_dir"]
+__all__ = ["DeepSpeedBackend", "config_path", "deepspeed_config", "initialize", "jobs_dir"]
+
+TAG = "zero"
+"""DeepSpeed checkpoint tag inside a scoreops checkpoint's ``deepspeed/`` folder."""
 
 
 def jobs_dir() -> Path:
@@ -42,7 +66,9 @@ def deepspeed_config(spec: Any) -> dict[str, Any] | None:
     ``"auto"`` values of the file are resolved from the spec: ``gradient_clipping`` from
     ``optim.maxGradNorm``, ``train_micro_batch_size_per_gpu`` from ``optim.microBatchSize``;
     precision from ``resources.precision`` (bf16 → the ``bf16`` block, fp16 → an ``fp16`` block
-    with dynamic loss scaling, fp32 → neither).
+    with dynamic loss scaling, fp32 → neither). Accumulation is always caller-owned
+    (``managed_gradient_accumulation: false``, ``gradient_accumulation_steps: 1``; see the
+    module docstring): a file that says otherwise is overridden.
     """
     stage = spec.resources.deepspeed
     if stage == "none":
@@ -59,21 +85,157 @@ def deepspeed_config(spec: Any) -> dict[str, Any] | None:
         cfg["fp16"] = {"enabled": True, "loss_scale": 0, "initial_scale_power": 16}
     else:
         cfg.pop("fp16", None)
+    cfg["gradient_accumulation_steps"] = 1
+    cfg["managed_gradient_accumulation"] = False
     return cfg
 
 
-def initialize(policy: Any, optimizer: Any, scheduler: Any, spec: Any) -> Any:
+def _disable_shm_comm() -> None:
+    """Do not JIT-compile DeepSpeed's shared-memory all-reduce kernel on the CPU accelerator
+    (it needs a C++ toolchain and ~45 s; gloo does the collectives)."""
+    import deepspeed.ops
+
+    with contextlib.suppress(Exception):
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+
+
+def initialize(policy: Any, optimizer: Any, scheduler: Any, spec: Any,
+               device: Any = None) -> Any:
     """``deepspeed.initialize`` on the policy with the spec's configuration; returns the
     engine (``engine.backward(loss)``, ``engine.step()`` replace backward / optimiser step).
-    Needs CUDA and an initialised process group (see :mod:`scoreops.training.distributed`)."""
-    import deepspeed
+
+    Needs an initialised process group (:mod:`scoreops.training.distributed`; one process
+    makes a group of one). On a CPU ``device`` DeepSpeed's ``cpu`` accelerator is selected and
+    the precision must be fp32.
+    """
     import torch
 
-    if not torch.cuda.is_available():
-        raise RuntimeError("resources.deepspeed needs CUDA GPUs")
     cfg = deepspeed_config(spec)
     if cfg is None:
         raise ValueError("resources.deepspeed is none")
+    on_cpu = device is not None and torch.device(device).type == "cpu"
+    if on_cpu:
+        if spec.resources.precision != "fp32":
+            raise ValueError(f"resources.deepspeed {spec.resources.deepspeed} on CPU needs "
+                             f"resources.precision fp32, got {spec.resources.precision}")
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")  # read when deepspeed picks its device
+    elif not torch.cuda.is_available():
+        raise RuntimeError("resources.deepspeed with resources.gpusPerWorker >= 1 needs CUDA")
+    import deepspeed
+
+    if on_cpu:
+        _disable_shm_comm()
     engine, _, _, _ = deepspeed.initialize(model=policy, optimizer=optimizer,
-                                           lr_scheduler=scheduler, config=cfg)
+                                           lr_scheduler=scheduler, config=cfg,
+                                           dist_init_required=False)
     return engine
+
+
+class DeepSpeedBackend:
+    """:class:`scoreops.training.backend.OptimizerBackend` on a DeepSpeed ZeRO-2/3 engine.
+
+    Checkpoint files: every rank's ``engine.save_checkpoint`` output under ``deepspeed/`` (tag
+    ``zero``): the partitioned fp32 weights and optimiser state, the scheduler and DeepSpeed's
+    ``zero_to_fp32.py``; :func:`scoreops.training.checkpoint.save_checkpoint` stores rank 0's
+    with the checkpoint and each other rank's as a ``rank-NNNNN`` artifact inside it. Resuming
+    needs the same number of ranks (DeepSpeed cannot re-partition the optimiser state).
+    """
+
+    aligned_micro_batches = True
+
+    def __init__(self, policy: Any, optimizer: Any, scheduler: Any, spec: Any, *,
+                 device: Any, rank: int = 0, world_size: int = 1, local_rank: int = 0) -> None:
+        import torch.distributed as dist
+
+        self.kind = spec.resources.deepspeed
+        self.stage = int(self.kind[-1])
+        self.module = policy
+        self.scheduler = scheduler
+        self.rank = rank
+        self.world_size = world_size
+        self.fused_head: bool | None = False if self.stage == 3 else None
+        # DeepSpeed reads LOCAL_RANK, which torchrun sets but a one-process run or a PyTorchJob
+        # pod with one process per pod does not
+        os.environ.setdefault("LOCAL_RANK", str(local_rank))
+        if not dist.is_initialized():
+            # one process: a process group of one, in memory. It stays for the life of the
+            # process: DeepSpeed caches its groups module-wide, so a later engine in the same
+            # process (a resumed run in a test) must find the same group
+            from scoreops.training.distributed import backend_for
+
+            dist.init_process_group(backend_for(device), store=dist.HashStore(), rank=0,
+                                    world_size=1)
+        self.engine = initialize(policy, optimizer, scheduler, spec, device)
+
+    @property
+    def forward_module(self) -> Any:
+        return self.engine
+
+    @property
+    def lr(self) -> float:
+        return float(self.scheduler.get_last_lr()[0])
+
+    def zero_grad(self) -> None:
+        self.engine.zero_grad()
+
+    def backward(self, loss: Any) -> None:
+        self.engine.backward(loss)
+
+    def step(self) -> float:
+        self.engine.step()  # the accumulation boundary: reduce, clip, optimiser, scheduler
+        norm = self.engine.get_global_grad_norm()
+        return float("nan") if norm is None else float(norm)
+
+    @contextlib.contextmanager
+    def gathered_state_dict(self) -> Iterator[dict[str, Any]]:
+        if self.stage < 3:
+            yield self.module.state_dict()
+            return
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(list(self.module.parameters()),
+                                               modifier_rank=None):
+            yield self.module.state_dict()
+
+    def consolidated_state_dict(self) -> dict[str, Any] | None:
+        if self.stage == 3:  # a collective: every rank calls it, rank 0 gets the weights
+            return self.engine._zero3_consolidated_16bit_state_dict()
+        return self.module.state_dict() if self.rank == 0 else None
+
+    def sync_rollout(self, engine: Any) -> None:
+        with self.gathered_state_dict():
+            engine.sync_weights(self.module)
+
+    def save_state(self, directory: Path) -> None:
+        self.engine.save_checkpoint(str(directory / "deepspeed"), tag=TAG, save_latest=False)
+
+    def load_state(self, directories: Sequence[Path]) -> None:
+        """Load from the union of ``directories``' ``deepspeed/`` folders (rank 0's files in the
+        checkpoint, this rank's in its ``rank-NNNNN`` artifact)."""
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="scoreops-ds-") as tmp:
+            root = Path(tmp)
+            for d in directories:
+                src = d / "deepspeed"
+                for f in src.rglob("*"):
+                    if f.is_file():
+                        dst = root / f.relative_to(src)
+                        dst.parent.mkdir(parents=True, exist_ok=True)
+                        if not dst.exists():
+                            dst.symlink_to(f.resolve())
+            try:
+                path, _ = self.engine.load_checkpoint(
+                    str(root), tag=TAG, load_optimizer_states=True,
+                    load_lr_scheduler_states=True)
+            except Exception as exc:  # e.g. written by a different number of ranks
+                raise RuntimeError(f"DeepSpeed could not load its state: {exc}") from exc
+        if path is None:
+            raise RuntimeError("the checkpoint holds no DeepSpeed state for this engine")
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": self.kind, "zero_stage": self.stage, "world_size": self.world_size}
+
+    def close(self) -> None:
+        """Release the engine's hooks and buffers (the process group stays, see above)."""
+        self.engine.destroy()

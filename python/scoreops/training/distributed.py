@@ -5,16 +5,24 @@ describe the process group; :func:`init_process_group` joins it with **gloo** on
 **NCCL** on GPU. Every rank holds the whole policy and takes ``batchSize / WORLD_SIZE`` of
 each step's prompts (:meth:`StepContext.prompts_for_step`).
 
-Synchronisation is explicit rather than through ``DistributedDataParallel``: the weights are
+With the plain-torch optimiser backend (:class:`scoreops.training.backend.TorchBackend`)
+synchronisation is explicit rather than through ``DistributedDataParallel``: the weights are
 broadcast from rank 0 once (:func:`wrap_ddp`), and after each step's backward the gradients
 are averaged over ranks in one flattened all-reduce (:func:`all_reduce_gradients`). DDP
 reduces inside every ``backward()``, which requires every rank to run the same number of
 backward passes; here the number of micro-batches can differ between ranks (MGRPO's layer 2
 keeps a data-dependent number of groups, STaR a data-dependent number of solutions), so one
-reduction per step after all of them is what is correct. Averaging per-rank gradients equals
-the single-process gradient of the global batch when every rank's loss is the mean over the
-same number of rows (true for SCoRe and GRPO; for MGRPO layer 2 and STaR each rank's share is
-weighted equally, not by its number of kept rows).
+reduction per step after all of them is what is correct. (DeepSpeed ZeRO-2/3 does reduce in
+every backward; there the ranks pad to the same number of micro-batches, see
+:func:`scoreops.training.algorithms.backward_micro_batches`.)
+
+Averaged per-rank gradients equal the single-process gradient of the global batch because each
+micro-batch's loss is weighted by its rows' share of the **global** rows of its loss term
+(:func:`all_reduce_ints` sums the per-rank row counts), times the world size that the average
+divides by again: a rank that kept more MGRPO layer-2 groups or STaR solutions weighs more.
+
+A stop request (SIGTERM, Ctrl-C) seen by any rank stops all of them at the same step
+(:func:`any_rank`), so no rank is left waiting in a collective.
 
 Only rank 0 writes checkpoints, metrics and progress (:class:`scoreops.training.loop.Trainer`);
 all ranks load the same checkpoint, the one rank 0 chose (:func:`broadcast_object`).
@@ -32,7 +40,9 @@ if TYPE_CHECKING:
 __all__ = [
     "SUMMED_STATS",
     "all_reduce_gradients",
+    "all_reduce_ints",
     "all_reduce_stats",
+    "any_rank",
     "backend_for",
     "barrier",
     "broadcast_object",
@@ -185,3 +195,24 @@ def all_reduce_stats(stats: Mapping[str, float]) -> dict[str, float]:
     world = dist.get_world_size()
     return {k: float(v) if k in SUMMED_STATS else float(v) / world
             for k, v in zip(keys, values.tolist(), strict=True)}
+
+
+def all_reduce_ints(values: list[int], op: str = "sum") -> list[int]:
+    """``values`` reduced element-wise over all ranks (``op``: ``sum`` or ``max``); the values
+    themselves in one process."""
+    import torch
+    import torch.distributed as dist
+
+    if not is_initialized() or not values:
+        return list(values)
+    device = torch.device("cuda", torch.cuda.current_device()) \
+        if dist.get_backend() == "nccl" else torch.device("cpu")
+    t = torch.tensor(values, dtype=torch.int64, device=device)
+    dist.all_reduce(t, op={"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}[op])
+    return [int(v) for v in t.tolist()]
+
+
+def any_rank(flag: bool) -> bool:
+    """True on every rank when ``flag`` is true on at least one (a collective: all ranks call
+    it at the same point)."""
+    return bool(all_reduce_ints([int(flag)], op="max")[0])

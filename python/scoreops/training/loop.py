@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from scoreops.api.base import now_rfc3339
 from scoreops.training.checkpoint import (
+    CheckpointMismatch,
     TrainerState,
     list_checkpoints,
     load_checkpoint,
@@ -25,6 +26,7 @@ from scoreops.training.context import DistEnv, StepContext
 if TYPE_CHECKING:
     from scoreops.api.scorerun import ScoreRun
     from scoreops.data import Item
+    from scoreops.training.backend import OptimizerBackend
     from scoreops.training.evaluation import EvalResult
 
 StepCallback = Callable[[dict[str, Any]], None]
@@ -119,6 +121,7 @@ class Trainer:
         self._stop = False
         self.metrics: list[dict[str, Any]] = []
         self._last_checkpoint: str | None = None
+        self._backend: OptimizerBackend | None = None
 
     # -- outputs ----------------------------------------------------------------------------
 
@@ -191,19 +194,41 @@ class Trainer:
 
             engine = VLLMEngine.colocated(policy, tokenizer, self.spec.rollout)
         else:
+            generator = policy
+            if self.spec.resources.deepspeed == "zero3":
+                # ZeRO-3 partitions the policy's parameters across ranks: generation runs on a
+                # full copy that OptimizerBackend.sync_rollout refreshes after every step
+                generator, _ = load_model(self.spec.model.uri, dtype=dtype, device=str(device))
+                generator.eval().requires_grad_(False)
             # cory switches LoRA adapters between turns without touching the weights the
             # prefix cache fingerprints, so it must not reuse a turn's keys across roles
-            engine = HFEngine(policy, tokenizer, max_batch_size=64,
+            engine = HFEngine(generator, tokenizer, max_batch_size=64,
                               prefix_cache=self.spec.algorithm.name != "cory")
         self.held_out = held
-        ctx = StepContext(spec=self.spec, policy=policy, reference=reference, tokenizer=tokenizer,
-                          engine=engine, verifier=verifier, train_items=train, device=device,
-                          dist=self.dist)
-        if self.dist.distributed:
-            from scoreops.training.distributed import wrap_ddp
+        return StepContext(spec=self.spec, policy=policy, reference=reference,
+                           tokenizer=tokenizer, engine=engine, verifier=verifier,
+                           train_items=train, device=device, dist=self.dist)
 
-            ctx.ddp_model = wrap_ddp(policy, device)
-        return ctx
+    def _make_backend(self, ctx: StepContext) -> OptimizerBackend:
+        """AdamW and the learning-rate schedule behind the spec's optimiser backend (plain
+        torch, or DeepSpeed ZeRO-2/3 with ``resources.deepspeed``)."""
+        import torch
+
+        from scoreops.training.backend import make_backend
+
+        optim = self.spec.optim
+        optimizer = torch.optim.AdamW(
+            [p for p in ctx.policy.parameters() if p.requires_grad],
+            lr=optim.learning_rate, weight_decay=optim.weight_decay,
+        )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lr_lambda(self.spec.algorithm.total_steps(), optim.warmup_ratio,
+                                 optim.schedule))
+        if self.spec.resources.deepspeed != "none":
+            self.on_event({"event": "loading", "what": f"DeepSpeed {self.spec.resources.deepspeed}"})
+        return make_backend(self.spec, ctx.policy, optimizer, scheduler, device=ctx.device,
+                            rank=self.dist.rank, world_size=self.dist.world_size,
+                            local_rank=self.dist.local_rank)
 
     def _needs_reference(self) -> bool:
         alg = self.spec.algorithm
@@ -222,14 +247,25 @@ class Trainer:
         try:
             return self._run_training()
         finally:
+            if self._backend is not None:
+                self._backend.close()
+                self._backend = None
             if self.dist.distributed:
                 from scoreops.training.distributed import destroy_process_group
 
                 destroy_process_group()
 
-    def _run_training(self) -> RunResult:
-        import torch
+    def _stop_agreed(self) -> bool:
+        """Whether any rank was asked to stop (every rank calls this once per step, so all of
+        them stop after the same step and none is left waiting in a collective)."""
+        if not self.dist.distributed:
+            return self._stop
+        from scoreops.training.distributed import any_rank
 
+        self._stop = any_rank(self._stop)
+        return self._stop
+
+    def _run_training(self) -> RunResult:
         from scoreops import storage
         from scoreops.training.algorithms import make_algorithm
 
@@ -239,47 +275,36 @@ class Trainer:
         if prepare is not None:  # e.g. cory attaches its adapters before the optimiser is built
             prepare(ctx)
         total = self.spec.algorithm.total_steps()
-        optimizer = torch.optim.AdamW(
-            [p for p in ctx.policy.parameters() if p.requires_grad],
-            lr=self.spec.optim.learning_rate, weight_decay=self.spec.optim.weight_decay,
-        )
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lr_lambda(total, self.spec.optim.warmup_ratio, self.spec.optim.schedule))
+        backend = self._backend = ctx.backend = self._make_backend(ctx)
         evals: dict[str, EvalResult] = {}
         if self.spec.evaluation.enabled and self.spec.evaluation.compare_base and self.held_out:
             # before any checkpoint is loaded: the policy is still the base model here
             evals["base"] = self._evaluate(ctx, "base", cache=not self.fresh)
-        step = self._resume(ctx, optimizer, scheduler)
+        step = self._resume(ctx, backend)
         if self.dist.is_main:
             storage.write_json(self._uri("spec.json"), self.run.to_wire())
         tb = self._tensorboard()
         self.write_progress("Running", step=step, stage=algorithm.stage(step))
         last: dict[str, Any] = self.metrics[-1] if self.metrics else {}
         last_saved = step
+        stopping = False
         try:
-            while step < total and not self._stop:
+            while step < total and not (stopping := self._stop_agreed()):
                 t0 = time.perf_counter()
                 ctx.policy.train()
-                optimizer.zero_grad(set_to_none=True)
+                backend.zero_grad()
                 prompts = ctx.prompts_for_step(step)
                 stats = algorithm.backward(ctx, step, prompts)
                 if ctx.dist.distributed:
-                    from scoreops.training.distributed import (
-                        all_reduce_gradients,
-                        all_reduce_stats,
-                    )
+                    from scoreops.training.distributed import all_reduce_stats
 
-                    all_reduce_gradients(ctx.policy)
                     stats = all_reduce_stats(stats)
-                grad_norm = torch.nn.utils.clip_grad_norm_(
-                    ctx.policy.parameters(), self.spec.optim.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                ctx.engine.sync_weights(ctx.policy)
+                grad_norm = backend.step()
+                backend.sync_rollout(ctx.engine)
                 stage = algorithm.stage(step)
                 step += 1
-                last = {"step": step, "stage": stage, "lr": scheduler.get_last_lr()[0],
-                        "grad_norm": float(grad_norm), "seconds": time.perf_counter() - t0,
+                last = {"step": step, "stage": stage, "lr": backend.lr,
+                        "grad_norm": grad_norm, "seconds": time.perf_counter() - t0,
                         **{k: float(v) for k, v in stats.items()}}
                 every = self.spec.evaluation.every_steps
                 if every and step % every == 0 and step < total and self.held_out:
@@ -289,15 +314,15 @@ class Trainer:
                 self._log_metrics(last, tb)
                 self.on_step(last)
                 ckpt = None
-                if step % self.spec.checkpoint.every_steps == 0 or step == total or self._stop:
-                    ckpt = self._checkpoint(ctx, optimizer, scheduler, step, stage)
+                if step % self.spec.checkpoint.every_steps == 0 or step == total:
+                    ckpt = self._checkpoint(ctx, step, stage)
                     last_saved = step
                 self.write_progress("Running", step=step, stage=stage, last=last, checkpoint=ckpt)
         except KeyboardInterrupt:
-            self._stop = True
-        if self._stop and step < total:
+            stopping = self._stop = True
+        if stopping and step < total:
             if last_saved != step:
-                self._checkpoint(ctx, optimizer, scheduler, step, algorithm.stage(step - 1))
+                self._checkpoint(ctx, step, algorithm.stage(step - 1))
             self.write_progress("Running", step=step, stage=algorithm.stage(step - 1),
                                 message="stopped on request; run again to resume", last=last)
             return RunResult(self.output, step, interrupted=True, metrics=self.metrics)
@@ -321,7 +346,7 @@ class Trainer:
 
     # -- pieces -----------------------------------------------------------------------------
 
-    def _resume(self, ctx: StepContext, optimizer: Any, scheduler: Any) -> int:
+    def _resume(self, ctx: StepContext, backend: OptimizerBackend) -> int:
         from scoreops import storage
 
         ckpts = [] if self.fresh else list_checkpoints(self.output)
@@ -337,12 +362,16 @@ class Trainer:
             uri = broadcast_object(uri)
         if uri is None:
             return 0
-        state = load_checkpoint(uri, model=ctx.policy, optimizer=optimizer, scheduler=scheduler)
+        try:
+            state = load_checkpoint(uri, backend=backend, rank=self.dist.rank)
+        except CheckpointMismatch as exc:
+            raise RunFailed(f"{exc}; use another spec.output.uri, or --fresh to discard "
+                            "the checkpoints") from exc
         if state.digest != self.digest:
             raise RunFailed(
                 f"{self.output} holds checkpoints of a different spec (digest {state.digest}, "
                 f"this spec {self.digest}); use another spec.output.uri, or --fresh to discard them")
-        ctx.engine.sync_weights(ctx.policy)
+        backend.sync_rollout(ctx.engine)
         self._last_checkpoint = uri
         if storage.exists(self._uri("metrics.jsonl")):
             lines = storage.read_text(self._uri("metrics.jsonl")).splitlines()
@@ -350,22 +379,23 @@ class Trainer:
         self.on_event({"event": "resumed", "step": state.step, "checkpoint": uri})
         return state.step
 
-    def _checkpoint(self, ctx: StepContext, optimizer: Any, scheduler: Any,
-                    step: int, stage: str) -> str | None:
-        if not self.dist.is_main:
-            return None
+    def _checkpoint(self, ctx: StepContext, step: int, stage: str) -> str | None:
+        """Every rank calls this at the same step; rank 0 writes the checkpoint and returns its
+        URI (the other ranks write their optimiser partitions under DeepSpeed, return None)."""
+        assert ctx.backend is not None
         state = TrainerState(step=step, stage=stage, digest=self.digest,
                              metrics_lines=len(self.metrics))
         try:
-            uri = save_checkpoint(self.output, model=ctx.policy, optimizer=optimizer,
-                                  scheduler=scheduler, state=state,
-                                  keep=self.spec.checkpoint.keep)
+            uri = save_checkpoint(self.output, backend=ctx.backend, state=state,
+                                  keep=self.spec.checkpoint.keep, rank=self.dist.rank)
         except Exception as exc:
             msg = (f"could not write the checkpoint of step {step} to {self.output}: {exc}; "
                    f"the previous complete checkpoint ({self._last_checkpoint}) is intact")
             with contextlib.suppress(Exception):  # the storage may be what failed
                 self.write_progress("Failed", step=step, stage=stage, message=msg)
             raise RunFailed(msg) from exc
+        if not self.dist.is_main:
+            return None
         self._last_checkpoint = uri
         self.on_event({"event": "checkpoint", "step": step, "uri": uri})
         return uri
@@ -414,7 +444,10 @@ class Trainer:
             storage.upload_file(f, self._uri("tensorboard", f.name))
 
     def _save_final(self, ctx: StepContext) -> str | None:
-        """The trained weights as a loadable model directory at ``<output>/final``."""
+        """The trained weights as a loadable model directory at ``<output>/final`` (every rank
+        calls it: ZeRO-3 gathers the weights; rank 0 writes)."""
+        assert ctx.backend is not None
+        weights = ctx.backend.consolidated_state_dict()
         if not self.dist.is_main:
             return None
         import tempfile
@@ -423,7 +456,7 @@ class Trainer:
 
         uri = self._uri("final")
         with tempfile.TemporaryDirectory(prefix="scoreops-final-") as tmp:
-            ctx.policy.save_pretrained(tmp)
+            ctx.policy.save_pretrained(tmp, state_dict=weights)
             ctx.tokenizer.save_pretrained(tmp)
             storage.save_artifact(Path(tmp), uri, metadata={"from": self.spec.model.uri,
                                                             "run": self.run.metadata.name})

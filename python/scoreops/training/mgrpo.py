@@ -14,8 +14,10 @@ from typing import TYPE_CHECKING, Any
 
 from scoreops.training.algorithms import (
     MAX_SEQUENCE_TOKENS,
-    accumulate,
+    LossTerm,
+    backward_micro_batches,
     micro_batch_rows,
+    policy_loss,
     register,
     sample_episodes,
 )
@@ -139,6 +141,7 @@ class MGRPOAlgorithm:
         kept = select_corrections(rc)
         generated = ro.generated_tokens + _tokens(corrections, 1)
         layer2_reward = 0.0
+        adv2 = torch.zeros(0)
         variations: list[Episode] = []
         if kept:
             variations = extend_episodes(
@@ -159,15 +162,19 @@ class MGRPOAlgorithm:
         def loss1(rows: slice, mb: TrainingBatch, logp: torch.Tensor, ref: torch.Tensor):
             return layer_loss(logp, ref, adv1[rows], mb.mask(1), layer=1, **common)
 
-        stats = accumulate(ctx, batch1, micro_batch_rows(ctx, g), loss1)
-        if variations:
-            batch2 = build_training_batch(ctx.tokenizer, variations, MAX_SEQUENCE_TOKENS)
+        batch2 = build_training_batch(ctx.tokenizer, variations, MAX_SEQUENCE_TOKENS) \
+            if variations else None
 
-            def loss2(rows: slice, mb: TrainingBatch, logp: torch.Tensor, ref: torch.Tensor):
-                # only the correction is trained; the layer-1 answer is context here
-                return layer_loss(logp, ref, adv2[rows], mb.mask(2), layer=2, **common)
+        def loss2(rows: slice, mb: TrainingBatch, logp: torch.Tensor, ref: torch.Tensor):
+            # only the correction is trained; the layer-1 answer is context here
+            return layer_loss(logp, ref, adv2[rows], mb.mask(2), layer=2, **common)
 
-            stats.update(accumulate(ctx, batch2, micro_batch_rows(ctx, h), loss2))
+        # layer 2 is a term on every rank, also where no group survived: each layer is the
+        # mean over all ranks' rows of that layer
+        stats = backward_micro_batches(ctx, [
+            LossTerm(batch1, micro_batch_rows(ctx, g), policy_loss(ctx, loss1)),
+            LossTerm(batch2, micro_batch_rows(ctx, h), policy_loss(ctx, loss2)),
+        ])
         n = max(1, len(rc))
         r1_list = r1.tolist()
         stats.update({

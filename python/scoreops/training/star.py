@@ -22,9 +22,11 @@ from typing import TYPE_CHECKING, Any
 
 from scoreops.training.algorithms import (
     MAX_SEQUENCE_TOKENS,
+    LossTerm,
     _rollout_stats,
-    accumulate,
+    backward_micro_batches,
     micro_batch_rows,
+    policy_loss,
     register,
     sample_episodes,
 )
@@ -65,8 +67,13 @@ class STaRAlgorithm:
             self._sampler.eval().requires_grad_(False)
             self._sampler_round = 0
         if self._sampler_round != rnd:
-            # a later round (or a resume inside one): snapshot the policy
-            self._sampler.load_state_dict(ctx.policy.state_dict())
+            # a later round (or a resume inside one): snapshot the policy (full weights on every
+            # rank, also where ZeRO-3 partitions them; all ranks change round at the same step)
+            if ctx.backend is not None:
+                with ctx.backend.gathered_state_dict() as state:
+                    self._sampler.load_state_dict(state)
+            else:
+                self._sampler.load_state_dict(ctx.policy.state_dict())
             self._sampler_round = rnd
         if ctx.spec.rollout.engine == "vllm":
             # one colocated engine: load the round's weights; the loop pushes the policy back
@@ -92,18 +99,21 @@ class STaRAlgorithm:
         ro = sample_episodes(sampler_ctx, [p.question for p in prompts], prompts, turns=turns,
                              n=g, seed=ctx.step_seed(step))
         keep = select_verified(ro.rewards, external_correction=cfg.external_correction)
-        stats: dict[str, float] = {"loss": 0.0, "nll": 0.0, "tokens": 0.0}
         release_generation_memory(sampler_ctx.engine)
+        batch = None
+        turn_of = torch.tensor([t for _, t in keep], dtype=torch.long)
         if keep:
             batch = build_training_batch(ctx.tokenizer, [ro.episodes[e] for e, _ in keep],
                                          MAX_SEQUENCE_TOKENS)
-            turn_of = torch.tensor([t for _, t in keep], dtype=torch.long)
 
-            def loss_fn(rows: slice, mb: TrainingBatch, logp: torch.Tensor, ref: torch.Tensor):
-                return sft_loss(logp, mb.turn_mask == turn_of[rows].unsqueeze(1).to(
-                    mb.turn_mask.device))
+        def loss_fn(rows: slice, mb: TrainingBatch, logp: torch.Tensor, ref: torch.Tensor):
+            return sft_loss(logp, mb.turn_mask == turn_of[rows].unsqueeze(1).to(
+                mb.turn_mask.device))
 
-            stats = accumulate(ctx, batch, micro_batch_rows(ctx, 1), loss_fn)
+        # one term on every rank, also one that kept nothing: the mean is over all ranks' rows
+        stats = {"loss": 0.0, "nll": 0.0, "tokens": 0.0}
+        stats.update(backward_micro_batches(
+            ctx, [LossTerm(batch, micro_batch_rows(ctx, 1), policy_loss(ctx, loss_fn))]))
         n_episodes = max(1, len(ro.episodes))
         stats.update(_rollout_stats(ro, turns))
         stats["kept"] = float(len(keep))
