@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -294,6 +295,12 @@ def test_cached_artifact_downloads_once(
     second = storage.cached_artifact(uri)
     assert second != first
     assert (second / "model.safetensors").read_bytes() == files2["model.safetensors"]
+
+    # the superseded entry goes first when the cache is over its bound; a recent one stays
+    assert storage.evict_artifact_cache(max_bytes=0) == []  # both used minutes ago at most
+    later = time.time() + 3600
+    assert storage.evict_artifact_cache(max_bytes=0, keep=(second,), now=later) == [first]
+    assert not first.exists() and storage.cached_artifact(uri) == second
 
 
 # ------------------------------------------------------------------------------ errors

@@ -8,6 +8,7 @@ import json
 import os
 import random
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -380,3 +381,39 @@ def test_unreachable_endpoint_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
     assert f"cannot reach the S3 endpoint http://127.0.0.1:{port}" in message
     assert "s3://bucket/key" in message
     assert "AWS_ENDPOINT_URL" in message
+
+
+def _cache_entry(cache: Path, name: str, size: int, age: float) -> Path:
+    entry = cache / name
+    entry.mkdir(parents=True)
+    (entry / "model.bin").write_bytes(b"x" * size)
+    (entry / storage.MANIFEST_NAME).write_text(json.dumps({"total_size": size}))
+    stamp = time.time() - age
+    os.utime(entry, (stamp, stamp))
+    return entry
+
+
+def test_artifact_cache_evicts_least_recently_used_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("SCOREOPS_ARTIFACT_CACHE", str(cache))
+    oldest = _cache_entry(cache, "a" * 32, 400, age=7200)
+    middle = _cache_entry(cache, "b" * 32, 300, age=3600)
+    kept = _cache_entry(cache, "c" * 32, 300, age=5000)
+    recent = _cache_entry(cache, "d" * 32, 500, age=60)  # in use minutes ago
+    (cache / f"{local_mod.TMP_PREFIX}download").mkdir()  # a download in flight
+
+    # 1500 bytes, bound 700: the oldest goes, then the next oldest not kept; "recent" stays
+    removed = storage.evict_artifact_cache(max_bytes=700, keep=(kept,))
+    assert removed == [oldest, middle]
+    assert sorted(p.name for p in cache.iterdir() if not p.name.startswith(".")) == sorted(
+        [kept.name, recent.name])
+    assert (cache / f"{local_mod.TMP_PREFIX}download").is_dir()
+    assert storage.evict_artifact_cache(max_bytes=10_000) == []
+
+    monkeypatch.setenv("SCOREOPS_ARTIFACT_CACHE_MAX_BYTES", "lots")
+    with pytest.raises(ValueError, match="SCOREOPS_ARTIFACT_CACHE_MAX_BYTES"):
+        storage.evict_artifact_cache()
+    monkeypatch.setenv("SCOREOPS_ARTIFACT_CACHE_MAX_BYTES", "0")
+    assert storage.evict_artifact_cache(keep=(kept,)) == []  # only recent and kept remain

@@ -39,6 +39,7 @@ __all__ = [
     "MANIFEST_NAME",
     "artifact_cache_dir",
     "cached_artifact",
+    "evict_artifact_cache",
     "is_complete",
     "list_artifacts",
     "load_artifact",
@@ -327,6 +328,7 @@ def cached_artifact(uri: UriLike) -> Path:
     cache = artifact_cache_dir()
     dest = cache / digest
     if _cached_ok(dest, raw):
+        _touch(dest)
         return dest
     cache.mkdir(parents=True, exist_ok=True)
     with (cache / f".{digest}.lock").open("a") as lock:
@@ -342,7 +344,90 @@ def cached_artifact(uri: UriLike) -> Path:
         finally:
             with contextlib.suppress(FileNotFoundError):
                 shutil.rmtree(tmp)
+    evict_artifact_cache(keep=(dest,))
     return dest
+
+
+DEFAULT_CACHE_MAX_BYTES = 50 * 2**30
+"""Default bound of the artifact cache (``$SCOREOPS_ARTIFACT_CACHE_MAX_BYTES`` overrides)."""
+_RECENT_SECONDS = 600.0
+
+
+def _touch(dest: Path) -> None:
+    with contextlib.suppress(OSError):
+        os.utime(dest)
+
+
+def _cache_limit() -> int:
+    raw = os.environ.get("SCOREOPS_ARTIFACT_CACHE_MAX_BYTES")
+    if not raw:
+        return DEFAULT_CACHE_MAX_BYTES
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(
+            f"SCOREOPS_ARTIFACT_CACHE_MAX_BYTES must be a whole number of bytes, got {raw!r}"
+        ) from None
+    if value < 0:
+        raise ValueError(f"SCOREOPS_ARTIFACT_CACHE_MAX_BYTES must be >= 0, got {value}")
+    return value
+
+
+def _entry_size(entry: Path) -> int:
+    try:
+        manifest = json.loads((entry / MANIFEST_NAME).read_bytes())
+        return int(manifest.get("total_size", 0))
+    except (OSError, ValueError, TypeError, AttributeError):
+        return sum(p.stat().st_size for p in entry.rglob("*") if p.is_file())
+
+
+def evict_artifact_cache(
+    max_bytes: int | None = None, *, keep: Iterable[Path] = (), now: float | None = None,
+) -> list[Path]:
+    """Remove the least recently used downloaded artifacts until the cache holds at most
+    ``max_bytes`` (default ``$SCOREOPS_ARTIFACT_CACHE_MAX_BYTES``, else 50 GiB); returns
+    what was removed.
+
+    An entry is "used" when :func:`cached_artifact` returns it (its directory's mtime).
+    Never removed: the ``keep`` entries, entries used in the last ten minutes (another
+    process may be reading them), and entries whose download lock another process holds.
+    A removed entry is renamed away first, so a reader never sees half of one.
+    """
+    import time
+
+    limit = _cache_limit() if max_bytes is None else max_bytes
+    cache = artifact_cache_dir()
+    if not cache.is_dir():
+        return []
+    now = time.time() if now is None else now
+    kept = {Path(k).resolve() for k in keep}
+    entries = []
+    for entry in cache.iterdir():
+        if entry.name.startswith(".") or entry.name.startswith(local.TMP_PREFIX):
+            continue
+        if entry.is_dir():
+            entries.append((entry.stat().st_mtime, entry, _entry_size(entry)))
+    total = sum(size for _, _, size in entries)
+    removed: list[Path] = []
+    for mtime, entry, size in sorted(entries, key=lambda e: e[0]):
+        if total <= limit:
+            break
+        if entry.resolve() in kept or now - mtime < _RECENT_SECONDS:
+            continue
+        with (cache / f".{entry.name}.lock").open("a") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # being downloaded or replaced right now
+            doomed = cache / f"{local.TMP_PREFIX}evict.{entry.name}.{uuid.uuid4().hex[:8]}"
+            try:
+                entry.rename(doomed)
+            except OSError:
+                continue
+        shutil.rmtree(doomed, ignore_errors=True)
+        total -= size
+        removed.append(entry)
+    return removed
 
 
 def _cached_ok(dest: Path, raw: bytes) -> bool:
