@@ -23,6 +23,7 @@ import argparse
 import json
 import logging
 import os
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -167,6 +168,8 @@ def main() -> int:
                         help="scoreops generation.batchSize (and lm-eval's, unless set below)")
     parser.add_argument("--lm-eval-batch-size", type=int, default=None,
                         help="lm-eval's batch_size if different (its own default is 1)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run both sides this many times, alternating; times are medians")
     parser.add_argument("--data-root", default=None, help="where benchmarks are imported")
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
@@ -190,16 +193,24 @@ def main() -> int:
         folder = Path(tmp)
         _lm_eval_tasks(folder, gsm8k, arc, args.max_new_tokens)
         lm_batch = args.lm_eval_batch_size or args.batch_size
-        lm_scores, lm_times = run_lm_eval(model_dir, folder, lm_batch, device)
-        so_scores, so_times = run_scoreops(model_dir, args.gsm8k, args.arc,
+        lm_rounds: list[dict[str, float]] = []
+        so_rounds: list[dict[str, float]] = []
+        for k in range(args.rounds):  # alternating, so a noisy spell hits both sides
+            lm_scores, lm_t = run_lm_eval(model_dir, folder, lm_batch, device)
+            so_scores, so_t = run_scoreops(model_dir, args.gsm8k, args.arc,
                                            args.max_new_tokens, args.batch_size,
-                                           args.data_root, folder / "scoreops-out")
+                                           args.data_root, folder / f"scoreops-out-{k}")
+            lm_rounds.append(lm_t)
+            so_rounds.append(so_t)
+        lm_times = {key: statistics.median(r[key] for r in lm_rounds) for key in lm_rounds[0]}
+        so_times = {key: statistics.median(r[key] for r in so_rounds) for key in so_rounds[0]}
 
-    lm_total = sum(lm_times.values())
+    lm_total = statistics.median(sum(r.values()) for r in lm_rounds)
     print(f"\nSmolLM2-135M-Instruct on {device} ({torch.get_num_threads()} threads), "
           f"GSM8K n={len(gsm8k)} (0-shot chat, greedy, {args.max_new_tokens} tokens), "
           f"ARC-Challenge n={len(arc)} (log-likelihood), batch size scoreops "
-          f"{args.batch_size} / lm-eval {lm_batch}\n")
+          f"{args.batch_size} / lm-eval {lm_batch}; times: median of {args.rounds} "
+          "alternating round(s)\n")
     print(f"{'metric':<16}{'scoreops':>10}{'lm-eval':>10}{'diff (pts)':>12}")
     for key in lm_scores:
         diff = 100 * (so_scores[key] - lm_scores[key])
@@ -217,6 +228,7 @@ def main() -> int:
             "scoreops": so_scores, "lm_eval": lm_scores, "scoreops_seconds": so_times,
             "lm_eval_seconds": lm_times, "n_gsm8k": len(gsm8k), "n_arc": len(arc),
             "batch_size": {"scoreops": args.batch_size, "lm_eval": lm_batch},
+            "rounds": {"scoreops": so_rounds, "lm_eval": lm_rounds},
             "device": device}, indent=2))
     return 0
 

@@ -262,8 +262,13 @@ class Trainer:
             return self._stop
         from scoreops.training.distributed import any_rank
 
-        self._stop = any_rank(self._stop)
-        return self._stop
+        # the agreed value, not self._stop: a request arriving while this rank waits in the
+        # collective must neither be lost (overwritten with the agreed False) nor make this
+        # rank alone stop now; it is kept for the next step's agreement
+        agreed = any_rank(self._stop)
+        if agreed:
+            self._stop = True
+        return agreed
 
     def _run_training(self) -> RunResult:
         from scoreops import storage
