@@ -5,6 +5,7 @@ Neither test imports deepspeed or vllm; the engines themselves need a GPU.
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -83,4 +84,12 @@ def test_vllm_request_parameters() -> None:
 
 
 def test_importing_the_gpu_modules_imports_neither_vllm_nor_deepspeed() -> None:
-    assert "vllm" not in sys.modules and "deepspeed" not in sys.modules
+    code = (
+        "import sys\n"
+        "import scoreops.rollout.vllm, scoreops.training.deepspeed, scoreops.training.backend\n"
+        "import scoreops.training.loop\n"
+        "print(sorted(m for m in ('vllm', 'deepspeed') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=120)
+    assert out.stdout.strip() == "[]"
