@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import signal
 import time
 from collections.abc import Callable
@@ -172,6 +173,10 @@ class Trainer:
         torch.use_deterministic_algorithms(True, warn_only=True)
         device = torch.device("cuda", self.dist.local_rank) if torch.cuda.is_available() \
             and self.spec.resources.gpus_per_worker > 0 else torch.device("cpu")
+        if device.type == "cpu":
+            # accelerate's unwrap_model (inside save_pretrained) imports DeepSpeed when it is
+            # installed; told the accelerator, DeepSpeed does not probe for a GPU and warn
+            os.environ.setdefault("DS_ACCELERATOR", "cpu")
         if self.dist.distributed:
             from scoreops.training.distributed import init_process_group
 
