@@ -320,13 +320,12 @@ class HFEngine:
         width: int,
     ) -> None:
         """Store each row's states: prompt + completion tokens that were fed to the model."""
-        from transformers.cache_utils import DynamicLayer
-
         assert self.prefix_cache is not None
         layers = getattr(cache, "layers", None)
-        # Only full-attention layers hold every position (a sliding-window layer does not).
-        full = (DynamicLayer, reserved_layer_class())
-        if not layers or any(type(layer) not in full for layer in layers):
+        # Only full-attention layers hold every position (a sliding-window layer does not);
+        # make_cache turned every full-attention layer into a reserved one.
+        full = reserved_layer_class()
+        if not layers or any(type(layer) is not full for layer in layers):
             return
         length = layers[0].keys.shape[2]
         for i, (prompt, gen) in enumerate(zip(prompts, completions, strict=True)):

@@ -13,16 +13,19 @@ drop the buffer; the next update reallocates it.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["make_cache"]
+__all__ = ["make_cache", "reserved_layer_class"]
 
 
-def _layer_class() -> type:
+@functools.cache
+def reserved_layer_class() -> type:
+    """The :class:`ReservedLayer` class (built on first use: transformers is imported lazily)."""
     from transformers.cache_utils import DynamicLayer
 
     class ReservedLayer(DynamicLayer):  # type: ignore[misc]
@@ -85,17 +88,6 @@ def _layer_class() -> type:
             self._drop_buffer()
 
     return ReservedLayer
-
-
-_RESERVED: type | None = None
-
-
-def reserved_layer_class() -> type:
-    """The :class:`ReservedLayer` class (built on first use: transformers is imported lazily)."""
-    global _RESERVED
-    if _RESERVED is None:
-        _RESERVED = _layer_class()
-    return _RESERVED
 
 
 def make_cache(

@@ -193,7 +193,7 @@ def backward_micro_batches(ctx: StepContext, terms: Sequence[LossTerm]) -> dict[
         raise RuntimeError("the step context has no optimiser backend")
     release_generation_memory(ctx.engine)  # a colocated vLLM engine frees its KV cache
     world = ctx.dist.world_size if ctx.dist.distributed else 1
-    totals = all_reduce_ints([t.rows for t in terms]) if world > 1 else [t.rows for t in terms]
+    totals = all_reduce_ints([t.rows for t in terms])  # the values themselves in one process
     stats: dict[str, float] = {}
     done = 0
     for term, total in zip(terms, totals, strict=True):
@@ -209,7 +209,7 @@ def backward_micro_batches(ctx: StepContext, terms: Sequence[LossTerm]) -> dict[
             for k, v in st.items():
                 stats[k] = stats.get(k, 0.0) + v * share
     if backend.aligned_micro_batches:
-        target = max(1, all_reduce_ints([done], op="max")[0] if world > 1 else done)
+        target = max(1, all_reduce_ints([done], op="max")[0])
         for _ in range(target - done):
             _idle_backward(ctx)
     return stats

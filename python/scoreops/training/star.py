@@ -69,11 +69,9 @@ class STaRAlgorithm:
         if self._sampler_round != rnd:
             # a later round (or a resume inside one): snapshot the policy (full weights on every
             # rank, also where ZeRO-3 partitions them; all ranks change round at the same step)
-            if ctx.backend is not None:
-                with ctx.backend.gathered_state_dict() as state:
-                    self._sampler.load_state_dict(state)
-            else:
-                self._sampler.load_state_dict(ctx.policy.state_dict())
+            assert ctx.backend is not None  # set by the loop before any step
+            with ctx.backend.gathered_state_dict() as state:
+                self._sampler.load_state_dict(state)
             self._sampler_round = rnd
         if ctx.spec.rollout.engine == "vllm":
             # one colocated engine: load the round's weights; the loop pushes the policy back
