@@ -28,7 +28,7 @@ full alongside.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from scoreops.rollout.chat import encode_conversation
@@ -170,6 +170,21 @@ class HFEngine:
         if source is current:
             return
         current.load_state_dict(source.state_dict())
+
+    def load_weights(self, named: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Copy tensors into the engine's model by name (names as in its ``state_dict``), in
+        place: some of the weights at a time, e.g. one module gathered under ZeRO-3."""
+        import torch
+
+        model = self._model()
+        self.clear_prefix_cache()
+        with torch.no_grad():
+            for name, tensor in named:
+                try:
+                    target = model.get_parameter(name)
+                except AttributeError:
+                    target = model.get_buffer(name)
+                target.copy_(tensor)
 
     def clear_prefix_cache(self) -> None:
         """Drop every stored key/value state (they are also dropped when the weights change)."""

@@ -73,11 +73,15 @@ class Rollout:
     rewards: list[list[float]]
     generated_tokens: int
     seconds: float
+    device: Any = None
+    """Where :meth:`reward_tensor` puts the rewards: the policy's device (``ctx.device``), so
+    that rewards, advantages and the losses built from them meet the log-probs there."""
 
     def reward_tensor(self, turn: int) -> torch.Tensor:
         import torch
 
-        return torch.tensor([r[turn] for r in self.rewards], dtype=torch.float32)
+        return torch.tensor([r[turn] for r in self.rewards], dtype=torch.float32,
+                            device=self.device)
 
 
 def sample_episodes(
@@ -115,7 +119,7 @@ def sample_episodes(
     ep_items = [items[ep.question_index] for ep in episodes]
     rewards = [[ctx.verifier(t.text, item) for t in ep.turns] for ep, item in zip(episodes, ep_items, strict=True)]
     tokens = sum(len(t.completion.token_ids) for ep in episodes for t in ep.turns)
-    return Rollout(list(episodes), ep_items, rewards, tokens, seconds)
+    return Rollout(list(episodes), ep_items, rewards, tokens, seconds, device=ctx.device)
 
 
 def micro_batch_rows(ctx: StepContext, group_size: int) -> int:
@@ -201,8 +205,10 @@ def backward_micro_batches(ctx: StepContext, terms: Sequence[LossTerm]) -> dict[
             continue
         for start in range(0, term.rows, term.rows_per_micro):
             rows = slice(start, min(term.rows, start + term.rows_per_micro))
-            mb = term.batch.select(rows)
-            loss, st = term.loss(rows, mb)
+            # once per micro-batch: the batch is built on the host, the policy may be on a GPU
+            mb = term.batch.select(rows).to(ctx.device)
+            with backend.autocast():
+                loss, st = term.loss(rows, mb)
             share = len(mb) * world / total
             backend.backward(loss * share)
             done += 1
@@ -223,9 +229,11 @@ def _idle_backward(ctx: StepContext) -> None:
     tok = ctx.tokenizer
     pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
     ids = torch.full((1, 2), int(pad), dtype=torch.long, device=ctx.device)
-    out = ctx.trainable(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False)
     assert ctx.backend is not None
-    ctx.backend.backward(out.logits.float().sum() * 0.0)
+    with ctx.backend.autocast():
+        out = ctx.trainable(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False)
+        loss = out.logits.float().sum() * 0.0
+    ctx.backend.backward(loss)
 
 
 def accumulate(ctx: StepContext, batch: TrainingBatch, rows_per_micro: int,

@@ -55,6 +55,8 @@ class StepContext:
     device: torch.device
     dist: DistEnv = field(default_factory=DistEnv)
     backend: OptimizerBackend | None = None  # set by the loop once the optimiser exists
+    rollout_dtype: torch.dtype | None = None
+    """The compute precision generation runs in (the policy's own dtype when ``None``)."""
 
     @property
     def trainable(self) -> torch.nn.Module:

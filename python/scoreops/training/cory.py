@@ -212,7 +212,8 @@ class CoryAlgorithm:
                    for r, ep, item in zip(ro.rewards, episodes, ro.items, strict=True)]
         both = Rollout(episodes, ro.items, rewards,
                        ro.generated_tokens + sum(len(e.turns[1].completion.token_ids)
-                                                 for e in episodes), ro.seconds)
+                                                 for e in episodes), ro.seconds,
+                       device=ro.device)
         r_p, r_o = both.reward_tensor(0), both.reward_tensor(1)
         batch = build_training_batch(ctx.tokenizer, episodes, MAX_SEQUENCE_TOKENS)
         fused = ctx.fused_head

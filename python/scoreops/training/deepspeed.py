@@ -17,8 +17,8 @@ passes per step (the backend sets ``aligned_micro_batches``; ranks with fewer ro
 zero-weight micro-batches).
 
 ZeRO-3 partitions the parameters themselves: the rollout engine then holds its own full copy
-(the loop loads one), refreshed by :meth:`DeepSpeedBackend.sync_rollout` under
-``deepspeed.zero.GatheredParameters``; checkpoints and the final model take the weights from
+(the loop loads one), refreshed by :meth:`DeepSpeedBackend.sync_rollout` one module's
+parameters at a time under ``deepspeed.zero.GatheredParameters``; checkpoints and the final model take the weights from
 ``engine._zero3_consolidated_16bit_state_dict()`` (gathered layer by layer on rank 0); the
 log-probabilities go through the model's top-level forward (``fused_head=False``).
 
@@ -131,6 +131,31 @@ def initialize(policy: Any, optimizer: Any, scheduler: Any, spec: Any,
     return engine
 
 
+def _modules_with_parameters(module: Any) -> list[list[tuple[str, Any]]]:
+    """Per module that owns parameters: its ``(full name, parameter)`` pairs, each parameter
+    once (a tied weight belongs to the first module that names it)."""
+    seen: set[int] = set()
+    out = []
+    for name, mod in module.named_modules():
+        prefix = f"{name}." if name else ""
+        own = [(f"{prefix}{n}", p) for n, p in mod.named_parameters(recurse=False)
+               if id(p) not in seen]
+        seen.update(id(p) for _, p in own)
+        if own:
+            out.append(own)
+    return out
+
+
+class _PartialModule:
+    """What ``engine.sync_weights`` needs of a model (``state_dict()``), for some tensors."""
+
+    def __init__(self, named: list[tuple[str, Any]]) -> None:
+        self._named = dict(named)
+
+    def state_dict(self) -> dict[str, Any]:
+        return dict(self._named)
+
+
 class DeepSpeedBackend:
     """:class:`scoreops.training.backend.OptimizerBackend` on a DeepSpeed ZeRO-2/3 engine.
 
@@ -175,6 +200,11 @@ class DeepSpeedBackend:
     def lr(self) -> float:
         return float(self.scheduler.get_last_lr()[0])
 
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """Nothing: the engine holds the module in the compute precision (bf16/fp16) and the
+        fp32 master weights in its optimiser."""
+        return contextlib.nullcontext()
+
     def zero_grad(self) -> None:
         self.engine.zero_grad()
 
@@ -203,8 +233,22 @@ class DeepSpeedBackend:
         return self.module.state_dict() if self.rank == 0 else None
 
     def sync_rollout(self, engine: Any) -> None:
-        with self.gathered_state_dict():
+        """Push the weights into the rollout engine. Under ZeRO-3 one module's parameters are
+        gathered at a time (never a second whole copy of the model on a GPU) and loaded into
+        the engine's own copy with its ``load_weights``."""
+        if self.stage < 3:
             engine.sync_weights(self.module)
+            return
+        import deepspeed
+
+        load = getattr(engine, "load_weights", None)
+        for named in _modules_with_parameters(self.module):
+            with deepspeed.zero.GatheredParameters([p for _, p in named], modifier_rank=None):
+                tensors = [(n, p.data) for n, p in named]
+                if load is not None:
+                    load(tensors)
+                else:  # an engine that only takes a model: hand it one module at a time
+                    engine.sync_weights(_PartialModule(tensors))
 
     def save_state(self, directory: Path) -> None:
         self.engine.save_checkpoint(str(directory / "deepspeed"), tag=TAG, save_latest=False)

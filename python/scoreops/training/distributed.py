@@ -8,7 +8,7 @@ each step's prompts (:meth:`StepContext.prompts_for_step`).
 With the plain-torch optimiser backend (:class:`scoreops.training.backend.TorchBackend`)
 synchronisation is explicit rather than through ``DistributedDataParallel``: the weights are
 broadcast from rank 0 once (:func:`wrap_ddp`), and after each step's backward the gradients
-are averaged over ranks in one flattened all-reduce (:func:`all_reduce_gradients`). DDP
+are averaged over ranks in flattened buckets of about 50 MB (:func:`all_reduce_gradients`). DDP
 reduces inside every ``backward()``, which requires every rank to run the same number of
 backward passes; here the number of micro-batches can differ between ranks (MGRPO's layer 2
 keeps a data-dependent number of groups, STaR a data-dependent number of solutions), so one
@@ -32,12 +32,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 if TYPE_CHECKING:
     import torch
 
 __all__ = [
+    "DEFAULT_BUCKET_BYTES",
     "SUMMED_STATS",
     "all_reduce_gradients",
     "all_reduce_ints",
@@ -57,6 +58,9 @@ T = TypeVar("T")
 SUMMED_STATS = frozenset({"generated_tokens", "tokens", "kept", "layer2_groups",
                           "tokens_per_second"})
 """Statistics that are totals over the ranks (the rest are averaged)."""
+
+DEFAULT_BUCKET_BYTES = 50 * 1024 * 1024
+"""Gradient bytes per all-reduce (a bucket's flat copy is the only extra memory)."""
 
 
 def backend_for(device: torch.device | str) -> str:
@@ -139,12 +143,34 @@ def wrap_ddp(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     return module
 
 
-def all_reduce_gradients(module: torch.nn.Module) -> None:
+def gradient_buckets(params: list[torch.nn.Parameter],
+                     bucket_bytes: int) -> list[list[torch.nn.Parameter]]:
+    """``params`` in order, cut into runs of one dtype and device whose gradients hold at most
+    ``bucket_bytes`` (a larger gradient is a bucket of its own)."""
+    buckets: list[list[torch.nn.Parameter]] = []
+    size = 0
+    for p in params:
+        g = p.grad
+        assert g is not None
+        nbytes = g.numel() * g.element_size()
+        last = buckets[-1][-1].grad if buckets else None
+        if (not buckets or size + nbytes > bucket_bytes or last is None
+                or last.dtype != g.dtype or last.device != g.device):
+            buckets.append([])
+            size = 0
+        buckets[-1].append(p)
+        size += nbytes
+    return buckets
+
+
+def all_reduce_gradients(module: torch.nn.Module, *,
+                         bucket_bytes: int = DEFAULT_BUCKET_BYTES) -> None:
     """Average the gradients of ``module``'s trainable parameters over all ranks.
 
     A parameter without a gradient on a rank (nothing was kept there this step) counts as a
-    zero gradient, so every rank issues the same collective. One flattened all-reduce per
-    dtype.
+    zero gradient, so every rank issues the same collectives. Gradients are reduced in buckets
+    of at most ``bucket_bytes`` (:func:`gradient_buckets`): one flat buffer per bucket, so the
+    extra memory is one bucket, not a copy of every gradient.
     """
     import torch
     import torch.distributed as dist
@@ -153,19 +179,28 @@ def all_reduce_gradients(module: torch.nn.Module) -> None:
         return
     world = dist.get_world_size()
     params = [p for p in module.parameters() if p.requires_grad]
-    by_dtype: dict[Any, list[torch.nn.Parameter]] = {}
     for p in params:
         if p.grad is None:
             p.grad = torch.zeros_like(p)
-        by_dtype.setdefault(p.grad.dtype, []).append(p)
-    for group in by_dtype.values():
-        flat = torch.cat([p.grad.reshape(-1) for p in group])
+    for bucket in gradient_buckets(params, bucket_bytes):
+        if len(bucket) == 1:
+            grad = bucket[0].grad
+            assert grad is not None
+            flat = grad if grad.is_contiguous() else grad.contiguous()
+            dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+            flat.div_(world)
+            if flat is not grad:
+                grad.copy_(flat)
+            continue
+        flat = torch.cat([p.grad.reshape(-1) for p in bucket])  # type: ignore[union-attr]
         dist.all_reduce(flat, op=dist.ReduceOp.SUM)
         flat.div_(world)
         offset = 0
-        for p in group:
-            n = p.grad.numel()
-            p.grad.copy_(flat[offset : offset + n].view_as(p.grad))
+        for p in bucket:
+            g = p.grad
+            assert g is not None
+            n = g.numel()
+            g.copy_(flat[offset : offset + n].view_as(g))
             offset += n
 
 

@@ -8,6 +8,7 @@ import math
 import os
 import signal
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,12 @@ if TYPE_CHECKING:
     from scoreops.training.evaluation import EvalResult
 
 StepCallback = Callable[[dict[str, Any]], None]
+
+
+def _torch_dtype(name: str) -> Any:
+    import torch
+
+    return getattr(torch, name)
 
 
 class RunFailed(RuntimeError):
@@ -173,6 +180,13 @@ class Trainer:
         torch.use_deterministic_algorithms(True, warn_only=True)
         device = torch.device("cuda", self.dist.local_rank) if torch.cuda.is_available() \
             and self.spec.resources.gpus_per_worker > 0 else torch.device("cpu")
+        if device.type == "cuda":
+            # deterministic cuBLAS needs a fixed workspace; filling every torch.empty with NaN
+            # (a deterministic-mode default) costs a kernel per allocation and buys nothing
+            # here. Ops without a deterministic kernel run anyway (warn_only) without a warning
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.utils.deterministic.fill_uninitialized_memory = False  # type: ignore[attr-defined]
+            warnings.filterwarnings("ignore", message=".*does not have a deterministic")
         if device.type == "cpu":
             # accelerate's unwrap_model (inside save_pretrained) imports DeepSpeed when it is
             # installed; told the accelerator, DeepSpeed does not probe for a GPU and warn
@@ -181,12 +195,17 @@ class Trainer:
             from scoreops.training.distributed import init_process_group
 
             init_process_group(device)
+        precision = self.spec.resources.precision
+        deepspeed = self.spec.resources.deepspeed
+        # the compute precision (fp32 on CPU); the plain-torch backend keeps fp32 master weights
+        # and computes under autocast, DeepSpeed holds the module in the compute precision
         dtype = "float32" if device.type == "cpu" else {
-            "bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}[self.spec.resources.precision]
+            "bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}[precision]
+        master = "float32" if deepspeed == "none" else dtype
         self.on_event({"event": "loading", "what": f"model {self.spec.model.uri}"})
-        policy, tokenizer = load_model(self.spec.model.uri, dtype=dtype, device=str(device))
+        policy, tokenizer = load_model(self.spec.model.uri, dtype=master, device=str(device))
         reference = None
-        if self._needs_reference():
+        if self._needs_reference():  # frozen: kept in the compute precision
             reference, _ = load_model(self.spec.model.uri, dtype=dtype, device=str(device))
             reference.eval().requires_grad_(False)
         self.on_event({"event": "loading", "what": "data"})
@@ -200,19 +219,25 @@ class Trainer:
             engine = VLLMEngine.colocated(policy, tokenizer, self.spec.rollout)
         else:
             generator = policy
-            if self.spec.resources.deepspeed == "zero3":
-                # ZeRO-3 partitions the policy's parameters across ranks: generation runs on a
-                # full copy that OptimizerBackend.sync_rollout refreshes after every step
+            cory = self.spec.algorithm.name == "cory"
+            if deepspeed == "zero3" or (master != dtype and not cory):
+                # ZeRO-3 partitions the policy's parameters across ranks, and fp32 master
+                # weights would generate at fp32 speed: generation runs on a full copy in the
+                # compute precision that OptimizerBackend.sync_rollout refreshes after every
+                # step (cory's adapters hook the policy itself, so it generates with it)
                 generator, _ = load_model(self.spec.model.uri, dtype=dtype, device=str(device))
                 generator.eval().requires_grad_(False)
             # cory switches LoRA adapters between turns without touching the weights the
-            # prefix cache fingerprints, so it must not reuse a turn's keys across roles
-            engine = HFEngine(generator, tokenizer, max_batch_size=64,
-                              prefix_cache=self.spec.algorithm.name != "cory")
+            # prefix cache fingerprints, so it must not reuse a turn's keys across roles; on a
+            # GPU, decoding runs on a static cache with CUDA graphs (not for cory's hooks)
+            engine = HFEngine(generator, tokenizer,
+                              max_batch_size=64 if device.type == "cpu" else 256,
+                              prefix_cache=not cory)
         self.held_out = held
         return StepContext(spec=self.spec, policy=policy, reference=reference,
                            tokenizer=tokenizer, engine=engine, verifier=verifier,
-                           train_items=train, device=device, dist=self.dist)
+                           train_items=train, device=device, dist=self.dist,
+                           rollout_dtype=_torch_dtype(dtype))
 
     def _make_backend(self, ctx: StepContext) -> OptimizerBackend:
         """AdamW and the learning-rate schedule behind the spec's optimiser backend (plain

@@ -150,7 +150,7 @@ class MGRPOAlgorithm:
             var_items = [ro.items[i] for i in kept for _ in range(h)]
             rv = torch.tensor([ctx.verifier(ep.turns[1].text, item)
                                for ep, item in zip(variations, var_items, strict=True)],
-                              dtype=torch.float32)
+                              dtype=torch.float32, device=ctx.device)
             generated += _tokens(variations, 1)
             layer2_reward = float(rv.mean())
             adv2 = layer2_advantages(rv.reshape(-1, h))

@@ -62,7 +62,7 @@ class STaRAlgorithm:
         if self._sampler is None:
             from scoreops.models import load_model
 
-            dtype = next(ctx.policy.parameters()).dtype
+            dtype = ctx.rollout_dtype or next(ctx.policy.parameters()).dtype
             self._sampler, _ = load_model(ctx.spec.model.uri, dtype=dtype, device=ctx.device)
             self._sampler.eval().requires_grad_(False)
             self._sampler_round = 0
