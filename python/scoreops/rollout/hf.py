@@ -23,6 +23,14 @@ mask exactly as in an uncached call, so outputs are the same as without the cach
 floating-point summation order (the same tokens for greedy and seeded sampling in practice;
 log-probs within ~1e-5). Rows without a stored prefix in the same micro-batch are computed in
 full alongside.
+
+On a GPU (``decode="auto"``) decoding does not go through ``generate``: it runs on a static
+key/value cache and replays each step as a CUDA graph (:mod:`scoreops.rollout.static_decode`),
+with the same contract — per-row seeds (a row's draws are a hash of its seed and the step, so
+sampled tokens differ from the CPU path's but never depend on the batch), exact token ids,
+the prefix cache. Models it does not support (sliding-window layers, flash attention, forward
+hooks such as CORY's adapters) and stop strings keep ``generate``; ``decode="static"`` forces
+the static path (eagerly, on a CPU: how it is tested without a GPU).
 """
 
 from __future__ import annotations
@@ -34,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 from scoreops.rollout.chat import encode_conversation
 from scoreops.rollout.kv_cache import make_cache, reserved_layer_class
 from scoreops.rollout.prefix_cache import CachedRow, PrefixCache, model_fingerprint
+from scoreops.rollout.static_decode import _cache_kwarg
 from scoreops.rollout.types import Completion, Conversation, FinishReason, SamplingParams
 
 if TYPE_CHECKING:
@@ -85,6 +94,11 @@ class HFEngine:
             :meth:`sync_weights` / :meth:`clear_prefix_cache`.
         prefix_cache_max_bytes: memory bound of those states (on the model's device); the least
             recently stored rows are dropped first.
+        decode: ``"auto"`` (static cache + CUDA graphs on a GPU where supported, ``generate``
+            elsewhere), ``"generate"`` (always transformers' loop) or ``"static"`` (always the
+            static cache; an error for a model it cannot run).
+        cuda_graphs: capture decoding steps as CUDA graphs on the static path (default: on a
+            GPU); ``False`` decodes the static path eagerly.
     """
 
     def __init__(
@@ -96,9 +110,13 @@ class HFEngine:
         max_batch_size: int = 16,
         prefix_cache: bool = True,
         prefix_cache_max_bytes: int = 1 << 30,
+        decode: str = "auto",
+        cuda_graphs: bool | None = None,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
+        if decode not in ("auto", "generate", "static"):
+            raise ValueError(f"decode must be auto, generate or static, got {decode!r}")
         if device is not None and model.device != _as_device(device):
             model.to(device)
         self.model: PreTrainedModel | None = model
@@ -111,6 +129,11 @@ class HFEngine:
         self.prefix_cache: PrefixCache | None = (
             PrefixCache(prefix_cache_max_bytes) if prefix_cache else None
         )
+        self.decode = decode
+        self.cuda_graphs = cuda_graphs
+        self.static: Any = None
+        """The :class:`~scoreops.rollout.static_decode.StaticDecoder` once the static path ran."""
+        self._static_weights: tuple[int, ...] = ()
 
     # -- RolloutEngine -------------------------------------------------------------------
 
@@ -148,13 +171,13 @@ class HFEngine:
             self.prefix_cache.check_weights(model_fingerprint(model))
         was_training = model.training
         model.eval()
+        static = self._static_decoder(model, params)
+        batch = self._generate_batch if static is None else self._generate_batch_static
         try:
             for start in range(0, len(rows), self.max_batch_size):
                 chunk = rows[start : start + self.max_batch_size]
                 seeds = [row_seed(base_seed, c, s) for c, s in chunk]
-                outs = self._generate_batch(
-                    model, [prompts[c] for c, _ in chunk], seeds, params, consumed
-                )
+                outs = batch(model, [prompts[c] for c, _ in chunk], seeds, params, consumed)
                 results.update(zip(chunk, outs, strict=True))
         finally:
             model.train(was_training)
@@ -193,6 +216,7 @@ class HFEngine:
 
     def close(self) -> None:
         self.clear_prefix_cache()
+        self.static = None
         self.model = None
 
     # -- internals -----------------------------------------------------------------------
@@ -247,7 +271,7 @@ class HFEngine:
                 generation_config=config,
                 logits_processor=LogitsProcessorList([sampler]),
                 stopping_criteria=StoppingCriteriaList([stopper]),
-                past_key_values=past,
+                **{_cache_kwarg(model) or "past_key_values": past},
             )
         if self.prefix_cache is not None:
             sequences = out.sequences
@@ -280,6 +304,83 @@ class HFEngine:
             consumed.update((s.tokens, s) for s in sources if s is not None)
         return completions
 
+    def _static_decoder(self, model: PreTrainedModel, params: SamplingParams) -> Any:
+        """The static decoder for this call, or ``None`` to use ``generate``."""
+        if self.decode == "generate" or (self.decode == "auto" and self.device.type != "cuda"):
+            return None
+        from scoreops.rollout.static_decode import StaticDecoder, supports
+
+        reason = "stop strings are matched on decoded text" if params.stop else supports(model)
+        if reason is not None:
+            if self.decode == "static":
+                raise ValueError(f"decode='static' cannot run this call: {reason}")
+            return None
+        weights = tuple(p.data_ptr() for p in model.parameters())
+        if self.static is None or self.static.model is not model:
+            self.static = StaticDecoder(model, sorted(self.eos_token_ids), self.pad_token_id,
+                                        cuda_graphs=self.cuda_graphs)
+        elif weights != self._static_weights:
+            self.static.clear()  # graphs read the parameters where they were captured
+        self._static_weights = weights
+        return self.static
+
+    def _generate_batch_static(
+        self,
+        model: PreTrainedModel,
+        prompts: list[list[int]],
+        seeds: list[int],
+        params: SamplingParams,
+        consumed: dict[tuple[int, ...], CachedRow],
+    ) -> list[Completion]:
+        width = max(len(p) for p in prompts)
+        _, sources, used = self._prefix_plan(prompts, width)
+        prefix = None
+        if any(used):
+            prefix = [None if src is None or u == 0 else (u, src.layers)
+                      for src, u in zip(sources, used, strict=True)]
+        import torch
+
+        with torch.inference_mode():
+            res = self.static.decode(prompts, seeds, max_new_tokens=params.max_new_tokens,
+                                     greedy=params.greedy, temperature=params.temperature,
+                                     top_p=params.top_p, prefix=prefix)
+        completions = [
+            Completion(text=self.tokenizer.decode(ids, skip_special_tokens=True),
+                       token_ids=ids, logprobs=[float(x) for x in lps],
+                       finish_reason="stop" if stopped else "length")
+            for ids, lps, stopped in zip(res.tokens, res.logprobs, res.stopped, strict=True)
+        ]
+        if self.prefix_cache is not None:
+            self._store_row_states(res.layers, prompts, res.tokens, width, res.fed)
+            consumed.update((s.tokens, s) for s, u in zip(sources, used, strict=True)
+                            if s is not None and u)
+        return completions
+
+    def _prefix_plan(
+        self, prompts: list[list[int]], width: int
+    ) -> tuple[int, list[CachedRow | None], list[int]]:
+        """``(span, stored rows, tokens used of each)`` of a micro-batch's cached prefixes
+        (``used`` all 0 when reusing saves nothing); counts hits and misses."""
+        sources: list[CachedRow | None] = [None] * len(prompts)
+        nothing = (0, [None] * len(prompts), [0] * len(prompts))
+        if self.prefix_cache is None:
+            return nothing
+        sources = [self.prefix_cache.lookup(p) for p in prompts]
+        if all(s is None for s in sources):
+            self.prefix_cache.misses += len(prompts)
+            return nothing
+        cached = [0 if s is None else len(s.tokens) for s in sources]
+        span = width - max(len(p) - c for p, c in zip(prompts, cached, strict=True))
+        used = [max(0, span - (width - len(p))) for p in prompts]
+        if span < 1 or not any(used):
+            self.prefix_cache.misses += len(prompts)
+            return nothing
+        hits = sum(1 for u in used if u)
+        self.prefix_cache.hits += hits
+        self.prefix_cache.misses += len(prompts) - hits
+        self.prefix_cache.reused_tokens += sum(used)
+        return span, sources, used
+
     def _cached_prefix(
         self, model: PreTrainedModel, prompts: list[list[int]], width: int, reserve: int
     ) -> tuple[Any, list[CachedRow | None]]:
@@ -291,19 +392,9 @@ class HFEngine:
         of a row before its first token (or all of ``[0, P)`` for a row with no stored prefix
         reaching that far) hold zeros and are masked out by the attention mask.
         """
-        sources: list[CachedRow | None] = [None] * len(prompts)
-        if self.prefix_cache is None:
+        span, sources, used = self._prefix_plan(prompts, width)
+        if not any(used):
             return None, sources
-        sources = [self.prefix_cache.lookup(p) for p in prompts]
-        if all(s is None for s in sources):
-            self.prefix_cache.misses += len(prompts)
-            return None, [None] * len(prompts)
-        cached = [0 if s is None else len(s.tokens) for s in sources]
-        span = width - max(len(p) - c for p, c in zip(prompts, cached, strict=True))
-        used = [max(0, span - (width - len(p))) for p in prompts]
-        if span < 1 or not any(used):
-            self.prefix_cache.misses += len(prompts)
-            return None, [None] * len(prompts)
 
         import torch
 
@@ -321,10 +412,6 @@ class HFEngine:
                     values[i, :, span - u :] = v[:, :u]
                 data.append((keys, values))
             past = make_cache(model.config, width - span + reserve, data)
-        hits = sum(1 for u in used if u)
-        self.prefix_cache.hits += hits
-        self.prefix_cache.misses += len(prompts) - hits
-        self.prefix_cache.reused_tokens += sum(used)
         return past, [s if u else None for s, u in zip(sources, used, strict=True)]
 
     def _store_rows(
@@ -335,7 +422,6 @@ class HFEngine:
         width: int,
     ) -> None:
         """Store each row's states: prompt + completion tokens that were fed to the model."""
-        assert self.prefix_cache is not None
         layers = getattr(cache, "layers", None)
         # Only full-attention layers hold every position (a sliding-window layer does not);
         # make_cache turned every full-attention layer into a reserved one.
@@ -343,14 +429,26 @@ class HFEngine:
         if not layers or any(type(layer) is not full for layer in layers):
             return
         length = layers[0].keys.shape[2]
+        self._store_row_states([(layer.keys, layer.values) for layer in layers], prompts,
+                               completions, width, length - width)
+
+    def _store_row_states(
+        self,
+        layers: list[tuple[torch.Tensor, torch.Tensor]],
+        prompts: list[list[int]],
+        completions: list[list[int]],
+        width: int,
+        fed: int,
+    ) -> None:
+        """Store row i's states from per-layer ``(keys, values)`` ``[B, H, ≥width+fed, D]``
+        (prompt left-padded to ``width``; ``fed``: generated tokens whose states are there)."""
+        assert self.prefix_cache is not None
         for i, (prompt, gen) in enumerate(zip(prompts, completions, strict=True)):
             start = width - len(prompt)
-            n_gen = min(len(gen), length - width)  # the last sampled token was never fed
+            n_gen = min(len(gen), fed)  # the last sampled token was never fed
             stop = width + n_gen
-            row_layers = [
-                (layer.keys[i, :, start:stop].clone(), layer.values[i, :, start:stop].clone())
-                for layer in layers
-            ]
+            row_layers = [(k[i, :, start:stop].clone(), v[i, :, start:stop].clone())
+                          for k, v in layers]
             nbytes = sum(k.numel() * k.element_size() * 2 for k, _ in row_layers)
             tokens = tuple(prompt) + tuple(gen[:n_gen])
             self.prefix_cache.store(CachedRow(tokens=tokens, layers=row_layers, nbytes=nbytes))
