@@ -232,7 +232,7 @@ class TorchBackend:
                                                    map_location="cpu"))
 
     def describe(self) -> dict[str, Any]:
-        return {"kind": self.kind, "precision": self.precision}
+        return {"kind": self.kind}
 
     def close(self) -> None:
         return None
