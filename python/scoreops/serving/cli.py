@@ -108,7 +108,16 @@ def config_from_args(args: argparse.Namespace) -> Any:
                 "engine_batch_size", "torch_threads"):
         if g.get(key) is not None:
             values[key] = g[key]
+    if args.backend == "vllm" and g.get("dtype") is None and _cuda_available():
+        # vLLM's fast attention backends take bf16/fp16, not the float32 default
+        values["dtype"] = "bfloat16"
     return ServingConfig(**values)
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
 
 
 def config_from_resource(resource: Any) -> Any:
