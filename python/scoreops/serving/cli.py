@@ -4,7 +4,7 @@ entrypoint ``python -m scoreops.serving``.
 Entrypoint arguments (what the operator's InferenceService transformer passes; KServe adds
 ``--model_name``, ``--predictor_host`` and ``--http_port``, accepted as aliases)::
 
-    python -m scoreops.serving --model-name NAME --backend openai \\
+    python -m scoreops.serving --model_name=NAME --backend openai \\
         --predictor-url http://NAME-predictor.NS [--strategy self-correct --turns 2] \\
         [--max-tokens 1024 --max-n 4 --max-concurrency 64 --max-queue 512] \\
         [--request-timeout 120] [--http-port 8080] [--host 0.0.0.0]
