@@ -2,7 +2,8 @@
 entrypoint ``python -m scoreops.serving``.
 
 Entrypoint arguments (what the operator's InferenceService transformer passes; KServe adds
-``--model_name``, ``--predictor_host`` and ``--http_port``, accepted as aliases)::
+``--predictor_host`` and ``--http_port``, accepted as aliases, and ``--model_name`` only when
+no argument starts with it)::
 
     python -m scoreops.serving --model_name=NAME --backend openai \\
         --predictor-url http://NAME-predictor.NS [--strategy self-correct --turns 2] \\
