@@ -2,8 +2,11 @@
 
 This is what each PyTorchJob replica runs (and what ``scoreops run`` calls in-process). With
 ``torchrun`` / PyTorchJob, RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT come from the
-environment; absent, it is one process. Exit codes: 0 done (or stopped cleanly with a
-checkpoint), 1 failed, 2 invalid spec.
+environment; absent, it is one process. Exit codes: 0 done, 1 failed, 2 invalid spec,
+75 (EX_TEMPFAIL) stopped on request (SIGTERM: eviction, drain, deletion) after writing a
+checkpoint: not finished, so a PyTorchJob never counts a stopped pod as Succeeded (with ranks
+in several pods, those that were not signalled stop at the same step as the one that was);
+the pod that runs next resumes from the checkpoint.
 """
 
 from __future__ import annotations
@@ -28,6 +31,9 @@ def load_run(path: str):  # -> ScoreRun
     if res.kind != "ScoreRun":
         raise SystemExit(f"{path} holds a {res.kind}, not a ScoreRun")
     return res
+
+
+EXIT_STOPPED = 75
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -65,7 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     log({"event": "done", "step": result.step, "interrupted": result.interrupted,
          "output": result.output})
-    return 0
+    return EXIT_STOPPED if result.interrupted else 0
 
 
 if __name__ == "__main__":

@@ -265,13 +265,22 @@ def test_the_operators_children_apply_with_the_operators_permissions(
                               f"--as={release.service_account}", "-f", "-", input=stream)
         applied += out.stdout.split()
     kinds = {line.split("/")[0].split(".")[0] for line in applied if "/" in line}
-    assert {"configmap", "pytorchjob", "inferenceservice"} <= kinds
+    assert {"configmap", "pytorchjob", "inferenceservice", "serviceaccount"} <= kinds
 
-    # the run's PyTorchJob inherited the chart's GPU pool
+    # the run's PyTorchJob inherited the chart's GPU pool, and the training operator's schema
+    # kept one process per GPU and the grace period (a pruned field would be gone)
     job = json.loads(cluster.kubectl("get", "pytorchjob", "openo1-llama8b-score-train", "-n",
                                      release.team, "-o", "json").stdout)
     master = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]
     assert master["nodeSelector"] == {"cloud.example.com/gpu-pool": "h100"}
+    assert job["spec"]["nprocPerNode"] == "4"
+    assert master["terminationGracePeriodSeconds"] == 600
+    # the predictor's storage account lists the chart's Secret, with KServe's annotations
+    account = json.loads(cluster.kubectl("get", "serviceaccount", "llama8b-corrector-storage",
+                                         "-n", release.team, "-o", "json").stdout)
+    assert account["secrets"] == [{"name": "s3-credentials"}]
+    assert account["metadata"]["annotations"]["serving.kserve.io/s3-endpoint"] == \
+        "minio.storage:9000"
 
     # and the operator may write the status the API server keeps apart from the spec
     patch = json.dumps({"status": {"phase": "Running", "stage": "stage1", "step": 3}})

@@ -499,3 +499,26 @@ def test_corrector_service_becomes_an_inference_service_with_a_url(
     wait_for(lambda: kube.status("correctorservices", "corrector").get("observedGeneration") == 2,
              "generation 2 observed")
 
+
+def test_corrector_service_without_an_account_gets_the_platforms_storage_account(
+        operator: OperatorProcess, kube: Kube) -> None:
+    """The operator applies a ServiceAccount listing the platform's S3 Secret, owned by the
+    CorrectorService, and runs the predictor as it; the transformer answers under the
+    served name."""
+    kube.create({
+        "apiVersion": f"{GROUP}/{VERSION}", "kind": "CorrectorService",
+        "metadata": {"name": "plain", "namespace": kube.ns},
+        "spec": {"model": {"uri": "s3://runs/llama/final", "servedName": "llama-fixed"}},
+    })
+    isvc = wait_for(lambda: kube.get("inferenceservices", "plain", "serving.kserve.io",
+                                     "v1beta1"), "the InferenceService")
+    assert isvc["spec"]["predictor"]["serviceAccountName"] == "plain-storage"
+    assert "--model_name=llama-fixed" in isvc["spec"]["transformer"]["containers"][0]["args"]
+    account = kube.core.read_namespaced_service_account("plain-storage", kube.ns)
+    assert [s.name for s in account.secrets] == ["s3-credentials"]
+    assert account.automount_service_account_token is False
+    owner = kube.get("correctorservices", "plain")
+    assert owner is not None
+    assert [(o.kind, o.name, o.uid) for o in account.metadata.owner_references] == [
+        ("CorrectorService", "plain", owner["metadata"]["uid"])]
+

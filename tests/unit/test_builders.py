@@ -89,6 +89,7 @@ def test_pytorchjob_replicas_follow_workers() -> None:
         doc["spec"]["resources"]["workers"] = workers
         job = build_pytorchjob(parse_resource(doc), PLAIN)
         specs = job["spec"]["pytorchReplicaSpecs"]
+        assert job["spec"]["nprocPerNode"] == "4"  # one torchrun process per GPU
         assert specs["Master"]["replicas"] == 1
         assert specs.get("Worker", {}).get("replicas") == worker_replicas
         for spec in specs.values():
@@ -213,11 +214,12 @@ def test_inference_service_splits_predictor_and_transformer() -> None:
                                          "effect": "NoSchedule"}]
     assert predictor["nodeSelector"] == {"pool.example.com/gpu": "a100"}
     args = transformer["containers"][0]["args"]
-    flags = dict(zip(args[::2], args[1::2], strict=True))
+    # KServe appends its own --model_name unless an argument starts with it
+    assert args[0] == "--model_name=llama8b-score"
+    flags = dict(zip(args[1::2], args[2::2], strict=True))
     assert flags["--predictor-url"] == "http://llama8b-corrector-predictor.serving"
     assert flags["--backend"] == "openai"
     assert (flags["--strategy"], flags["--turns"]) == ("self-correct", "3")
-    assert flags["--model-name"] == "llama8b-score"
     env = {e["name"]: e.get("value") for e in transformer["containers"][0]["env"]}
     assert json.loads(env["SCOREOPS_STRATEGY_JSON"])["turns"] == 3
     assert "nvidia.com/gpu" not in json.dumps(transformer)
@@ -252,6 +254,8 @@ def test_children_are_valid_kubernetes_objects() -> None:
                 assert roundtrip(child, "V1ConfigMap") == child
             elif child["kind"] == "Job":
                 assert roundtrip(child, "V1Job") == child
+            elif child["kind"] == "ServiceAccount":
+                assert roundtrip(child, "V1ServiceAccount") == child
             elif child["kind"] == "PyTorchJob":
                 for spec in child["spec"]["pytorchReplicaSpecs"].values():
                     assert roundtrip(spec["template"], "V1PodTemplateSpec") == spec["template"]
@@ -291,7 +295,8 @@ def _unknown_kserve_fields(data: Any, klass_name: str, path: str) -> list[str]:
 @pytest.mark.parametrize("case", ["correctorservice-vllm", "correctorservice-hf"])
 def test_inference_service_fields_are_kserve_fields(case: str) -> None:
     config, uris = CASES[case]
-    (isvc,) = build_children(_load(case), config, "default", uris)
+    isvc = build_children(_load(case), config, "default", uris)[-1]
+    assert isvc["kind"] == "InferenceService"
     assert _unknown_kserve_fields(isvc["spec"], "V1beta1InferenceServiceSpec", "spec") == []
     # and the walk does catch a misspelt field
     isvc["spec"]["predictor"]["model"]["storageURI"] = "s3://x/y"

@@ -97,6 +97,7 @@ OPERATOR_NEEDS: dict[tuple[str, str], tuple[str, ...]] = {
     ("serving.kserve.io", "inferenceservices"): ("get", "list", "watch", "create", "patch"),
     ("batch", "jobs"): ("get", "list", "watch", "create", "patch"),
     ("", "configmaps"): ("get", "list", "watch", "create", "patch"),
+    ("", "serviceaccounts"): ("create", "patch"),
     ("", "events"): ("create",),
 }
 
@@ -243,6 +244,8 @@ def test_gpu_pool_and_s3_reach_the_operator_as_its_settings(helm: Any) -> None:
                   "--set", "gpu.resourceName=amd.com/gpu",
                   "--set", "s3.existingSecret=s3-credentials",
                   "--set", "s3.endpoint=http://minio.storage:9000",
+                  "--set", "s3.region=eu-west-1",
+                  "--set", "training.terminationGracePeriodSeconds=1800",
                   "--set", "operator.syncIntervalSeconds=30")
     c = container(objs)
     env = env_of(c)
@@ -252,6 +255,8 @@ def test_gpu_pool_and_s3_reach_the_operator_as_its_settings(helm: Any) -> None:
     assert [dict(t) for t in config.gpu_tolerations] == tolerations
     assert config.s3_secret == "s3-credentials"
     assert config.s3_endpoint == "http://minio.storage:9000"
+    assert config.s3_region == "eu-west-1"
+    assert config.train_grace_seconds == 1800
     assert config.sync_interval == 30
     assert env["AWS_ENDPOINT_URL"] == "http://minio.storage:9000"
     # the keys themselves come from the Secret, by reference only
@@ -266,6 +271,7 @@ def test_defaults_give_the_operator_a_valid_config(helm: Any) -> None:
     config = OperatorConfig.from_env(env_of(c))
     assert config.image("evaluator") == f"ghcr.io/scoreops/evaluator:{chart_meta()['appVersion']}"
     assert config.s3_secret is None and config.s3_endpoint is None
+    assert config.train_grace_seconds == 600
     assert [dict(t) for t in config.gpu_tolerations] == [
         {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
     assert "envFrom" not in c
@@ -273,7 +279,7 @@ def test_defaults_give_the_operator_a_valid_config(helm: Any) -> None:
 
 def test_no_secret_values_anywhere(helm: Any) -> None:
     values = yaml.safe_load((CHART / "values.yaml").read_text())
-    assert set(values["s3"]) == {"existingSecret", "endpoint"}
+    assert set(values["s3"]) == {"existingSecret", "endpoint", "region"}
     for flags in ([], ["--set", "s3.existingSecret=s3-credentials", "--set",
                        "servingRuntime.enabled=true", "--set", "rbac.readSecrets=true"]):
         assert all(o["kind"] != "Secret" for o in render(helm, *flags))
@@ -342,6 +348,9 @@ def test_cluster_wide_rbac_grants_what_the_operator_does(helm: Any) -> None:
                                   ("scoreops.io", "scoreruns", "delete"),
                                   ("kubeflow.org", "pytorchjobs", "delete"),
                                   ("", "configmaps", "delete"),
+                                  ("", "serviceaccounts", "delete"),
+                                  ("", "serviceaccounts/token", "create"),
+                                  ("rbac.authorization.k8s.io", "rolebindings", "create"),
                                   ("", "events", "delete")]:
         assert not allows(rules, group, resource, verb), (group, resource, verb)
     binding = one(objs, "ClusterRoleBinding")
@@ -456,6 +465,9 @@ BAD_VALUES = [
     (["--set", "images.tag=latest tag"], "/images/tag"),
     (["--set", "servingRuntime.gpus=-1"], "/servingRuntime/gpus"),
     (["--set", "rbac.readSecrets=maybe"], "/rbac/readSecrets"),
+    (["--set", "training.terminationGracePeriodSeconds=5"],
+     "/training/terminationGracePeriodSeconds"),
+    (["--set", "s3.region=EU West"], "/s3/region"),
 ]
 
 

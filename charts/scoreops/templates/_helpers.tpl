@@ -98,6 +98,12 @@ app.kubernetes.io/part-of: scoreops
 - apiGroups: [""]
   resources: ["configmaps"]
   verbs: ["get", "list", "watch", "create", "patch"]
+# the predictors' storage ServiceAccounts (<correctorservice>-storage): server-side applied,
+# never read back or deleted (they go with their owner); they list the S3 Secret by name and
+# hold no role, so creating them grants nothing
+- apiGroups: [""]
+  resources: ["serviceaccounts"]
+  verbs: ["create", "patch"]
 # kopf posts Kubernetes events about handler progress and errors
 - apiGroups: [""]
   resources: ["events"]

@@ -251,6 +251,15 @@ class TrainResources(WorkerResources):
     )
     precision: Precision = Field("bf16", description="Training precision (fp32 on CPU).")
     backoff_limit: int = Field(3, ge=0, le=100, description="Pod restarts before the job fails.")
+    termination_grace_period_seconds: int | None = Field(
+        None, ge=10, le=86400,
+        description=(
+            "Seconds a trainer pod gets between SIGTERM (eviction, drain, deletion) and "
+            "SIGKILL: long enough to finish the step in progress and write a checkpoint. "
+            "torchrun gives its workers this long less a margin. Default: the platform's "
+            "(chart value training.terminationGracePeriodSeconds, 600)."
+        ),
+    )
 
 
 class CheckpointSpec(ApiModel):

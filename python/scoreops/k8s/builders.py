@@ -5,15 +5,25 @@ can be compared with a golden file, printed by ``scoreops render`` and server-si
 the operator, and all three agree.
 
 - ScoreRun -> ConfigMap ``<run>-spec`` (``run.json``) + PyTorchJob ``<run>-train``
-  (``kubeflow.org/v1``): a Master and ``workers - 1`` Workers running
-  ``python -m scoreops.train --spec /etc/scoreops/run.json``.
+  (``kubeflow.org/v1``): a Master and ``workers - 1`` Workers, each running
+  ``jobs/launch.sh``: one torchrun with ``nprocPerNode`` = ``gpusPerWorker`` (1 on CPU)
+  processes of ``python -m scoreops.train --spec /etc/scoreops/run.json``.
 - EvalSuite -> ConfigMap ``<suite>-eval-spec`` (``suite.json``) + a one-replica PyTorchJob
   ``<suite>-eval`` (vLLM or transformers in-process), or a plain batch Job when every model
   under test is a served endpoint (the job only sends requests; it needs no GPU).
-- CorrectorService -> InferenceService (``serving.kserve.io/v1beta1``), see
-  :func:`build_inference_service` for the predictor/transformer split.
+- CorrectorService -> ServiceAccount ``<name>-storage`` (when the platform has an S3 Secret
+  and the resource names no ServiceAccount) + InferenceService (``serving.kserve.io/v1beta1``),
+  see :func:`build_inference_service` for the predictor/transformer split.
 
-S3 credentials are referenced (``secretKeyRef``), never copied into a child.
+S3 credentials are referenced (``secretKeyRef``, or a ServiceAccount's ``secrets`` list for
+KServe's storage initializer), never copied into a child.
+
+The contracts of the controllers that run the children, beyond their CRD schemas, are held by
+``tests/unit/test_cluster_contracts.py``: the training operator (release-1.9) wires up only
+the container named ``pytorch`` and exports ``spec.nprocPerNode`` (default ``auto``) as
+``PET_NPROC_PER_NODE``; KServe appends ``--model_name <isvc>`` to a transformer's arguments
+unless one already starts with ``--model_name``, and its storage initializer takes S3
+credentials from the Secrets listed by the predictor's ServiceAccount.
 """
 
 from __future__ import annotations
@@ -36,6 +46,7 @@ from scoreops.k8s.config import (
     inference_service_name,
     labels_for,
     run_spec_name,
+    storage_service_account_name,
     suite_spec_name,
     train_job_name,
 )
@@ -46,6 +57,11 @@ INFERENCESERVICE_API_VERSION = "serving.kserve.io/v1beta1"
 PYTORCH_CONTAINER = "pytorch"
 # KServe looks for the container named "kserve-container" in custom components.
 KSERVE_CONTAINER = "kserve-container"
+# KServe's storage initializer reads the S3 endpoint, scheme and region from these
+# annotations (pkg/credentials/s3/s3_secret.go).
+KSERVE_S3_ENDPOINT = "serving.kserve.io/s3-endpoint"
+KSERVE_S3_USE_HTTPS = "serving.kserve.io/s3-usehttps"
+KSERVE_S3_REGION = "serving.kserve.io/s3-region"
 EVAL_BACKOFF_LIMIT = 2
 
 # torchrun with one process per GPU of the pod (jobs/launch.sh, in the trainer image)
@@ -202,15 +218,30 @@ def _placement(placement: Placement, gpus: int, config: OperatorConfig) -> dict[
     return out
 
 
+def torchrun_shutdown_seconds(grace_seconds: int) -> int:
+    """How long torchrun lets its workers stop after SIGTERM before it SIGKILLs them.
+
+    The pod's grace period less a margin (a twentieth, at least 5 s) in which torchrun itself
+    exits before the kubelet's SIGKILL at the end of the grace period.
+    """
+    return grace_seconds - max(5, grace_seconds // 20)
+
+
 def _job_pod_template(resource: Resource, *, container: str, image: str, command: list[str],
                       spec_config_map: str, res: WorkerResources, output: OutputSpec,
-                      config: OperatorConfig, restart_policy: str | None) -> dict[str, Any]:
+                      config: OperatorConfig, restart_policy: str | None,
+                      grace_seconds: int | None = None) -> dict[str, Any]:
     """The pod of a training or evaluation job: spec mounted, /dev/shm, S3 env, placement.
 
     ``restart_policy`` is set for batch Jobs only: the training operator takes a PyTorchJob
-    pod's restart policy from its replica spec.
+    pod's restart policy from its replica spec. ``grace_seconds`` (trainer pods) sets the
+    pod's ``terminationGracePeriodSeconds`` and torchrun's shutdown window inside it
+    (``SCOREOPS_SHUTDOWN_TIMEOUT``, read by ``jobs/launch.sh``).
     """
     gpus = res.gpus_per_worker
+    shutdown = ([{"name": "SCOREOPS_SHUTDOWN_TIMEOUT",
+                  "value": str(torchrun_shutdown_seconds(grace_seconds))}]
+                if grace_seconds is not None else [])
     main: dict[str, Any] = {
         "name": container,
         "image": image,
@@ -218,6 +249,7 @@ def _job_pod_template(resource: Resource, *, container: str, image: str, command
         "command": command,
         "env": [*_common_env(resource.kind, resource.metadata.name),
                 *([{"name": "SCOREOPS_GPUS_PER_WORKER", "value": str(gpus)}] if gpus else []),
+                *shutdown,
                 *s3_env(output, config)],
         "volumeMounts": [
             {"name": "spec", "mountPath": SPEC_DIR, "readOnly": True},
@@ -230,6 +262,8 @@ def _job_pod_template(resource: Resource, *, container: str, image: str, command
     pod: dict[str, Any] = {}
     if restart_policy:
         pod["restartPolicy"] = restart_policy
+    if grace_seconds is not None:
+        pod["terminationGracePeriodSeconds"] = grace_seconds
     pod["containers"] = [main]
     pod.update(_placement(res, gpus, config))
     pod["volumes"] = [
@@ -262,6 +296,11 @@ def build_pytorchjob(run: ScoreRun, config: OperatorConfig,
     from its newest complete checkpoint); ``backoffLimit`` caps the restarts of the whole
     job; ``cleanPodPolicy: Running`` removes pods still running when the job ends (a failed
     Master must not leave Workers holding GPUs) and keeps finished pods for their logs.
+
+    ``nprocPerNode`` is the pod's GPU count, 1 on a CPU pod: left out, the training operator
+    sets it to ``auto``, which torchrun turns into one process per CPU on a CPU-only pod.
+    ``terminationGracePeriodSeconds`` (the spec's, else the platform's) gives the trainer the
+    time to finish its step and checkpoint after SIGTERM; see :func:`train_grace_seconds`.
     """
     ns = namespace_of(run, namespace)
     res = run.spec.resources
@@ -269,6 +308,7 @@ def build_pytorchjob(run: ScoreRun, config: OperatorConfig,
         run, container=PYTORCH_CONTAINER, image=res.image or config.image("trainer"),
         command=TRAIN_COMMAND, spec_config_map=run_spec_name(run.metadata.name), res=res,
         output=run.spec.output, config=config, restart_policy=None,
+        grace_seconds=train_grace_seconds(run, config),
     )
     replicas: dict[str, Any] = {
         "Master": {"replicas": 1, "restartPolicy": "OnFailure", "template": template},
@@ -284,10 +324,23 @@ def build_pytorchjob(run: ScoreRun, config: OperatorConfig,
         "metadata": _metadata(run, train_job_name(run.metadata.name), ns,
                               {ANNOTATION_SPEC_HASH: spec_hash(run)}),
         "spec": {
+            "nprocPerNode": nproc_per_node(res),
             "runPolicy": {"cleanPodPolicy": "Running", "backoffLimit": res.backoff_limit},
             "pytorchReplicaSpecs": replicas,
         },
     }
+
+
+def nproc_per_node(res: WorkerResources) -> str:
+    """Processes per pod, as the PyTorchJob's ``nprocPerNode`` (a string in its schema): one
+    per GPU, one on a CPU pod."""
+    return str(max(1, res.gpus_per_worker))
+
+
+def train_grace_seconds(run: ScoreRun, config: OperatorConfig) -> int:
+    """The trainer pods' grace period: the ScoreRun's, else the platform's."""
+    own = run.spec.resources.termination_grace_period_seconds
+    return own if own is not None else config.train_grace_seconds
 
 
 def build_scorerun_children(run: ScoreRun, config: OperatorConfig,
@@ -367,6 +420,8 @@ def build_eval_job(suite: EvalSuite, config: OperatorConfig,
         "kind": "PyTorchJob",
         "metadata": meta,
         "spec": {
+            # one evaluator process per pod (it runs without torchrun)
+            "nprocPerNode": "1",
             "runPolicy": {"cleanPodPolicy": "Running", "backoffLimit": EVAL_BACKOFF_LIMIT},
             "pytorchReplicaSpecs": {
                 "Master": {"replicas": 1, "restartPolicy": "OnFailure", "template": template},
@@ -407,11 +462,18 @@ def build_inference_service(service: CorrectorService, config: OperatorConfig,
     transformer scale on its own, and means our server image carries no CUDA stack. A custom
     predictor would have to embed vLLM and the weights in our image to gain one network hop.
 
-    The transformer runs ``python -m scoreops.serving --model-name NAME --backend openai
-    --predictor-url http://<isvc>-predictor.<ns> --strategy S --turns K ...``; KServe also
-    appends ``--predictor_host``, which the server accepts as an alias. The full strategy
-    (instruction, samples, verifier, mixture-of-agents) is in ``SCOREOPS_STRATEGY_JSON``.
-    ``model_uri`` resolves a ``scoreRun`` model; a ``uri`` model needs none.
+    The transformer runs ``python -m scoreops.serving --model_name=NAME --backend openai
+    --predictor-url http://<isvc>-predictor.<ns> --strategy S --turns K ...``. KServe appends
+    ``--model_name <isvc-name>`` unless an argument already starts with ``--model_name``
+    (the underscore spelling: ``--model-name`` would not stop it, and the appended name would
+    win), and appends ``--predictor_host`` and ``--http_port``, which the server accepts. The
+    full strategy (instruction, samples, verifier, mixture-of-agents) is in
+    ``SCOREOPS_STRATEGY_JSON``. ``model_uri`` resolves a ``scoreRun`` model; a ``uri`` model
+    needs none.
+
+    The predictor runs as ``spec.serviceAccountName``, else as the ServiceAccount
+    :func:`build_storage_service_account` makes when the platform has an S3 Secret, so that
+    KServe's storage initializer can fetch private weights.
     """
     ns = namespace_of(service, namespace)
     spec = service.spec
@@ -438,14 +500,15 @@ def build_inference_service(service: CorrectorService, config: OperatorConfig,
         "minReplicas": res.min_replicas,
         "maxReplicas": res.max_replicas,
     }
-    if spec.service_account_name:
-        predictor["serviceAccountName"] = spec.service_account_name
+    account = predictor_service_account(service, config)
+    if account:
+        predictor["serviceAccountName"] = account
     predictor.update(_placement(res, res.gpus, config))
     predictor["model"] = model
 
     strategy = spec.strategy
     transformer_args = [
-        "--model-name", served,
+        f"--model_name={served}",
         "--backend", "openai",
         "--predictor-url", predictor_url(service, ns),
         "--strategy", strategy.name,
@@ -484,10 +547,64 @@ def build_inference_service(service: CorrectorService, config: OperatorConfig,
     }
 
 
+def predictor_service_account(service: CorrectorService, config: OperatorConfig) -> str | None:
+    """The predictor's ServiceAccount: the resource's own, else the operator-made one that
+    carries the platform's S3 Secret, else none (the namespace's default)."""
+    if service.spec.service_account_name:
+        return service.spec.service_account_name
+    if config.s3_secret:
+        return storage_service_account_name(service.metadata.name)
+    return None
+
+
+def kserve_s3_annotations(config: OperatorConfig) -> dict[str, str]:
+    """KServe's S3 annotations for the platform endpoint and region.
+
+    ``s3-endpoint`` is host[:port] without the scheme; ``s3-usehttps`` says which scheme.
+    """
+    out: dict[str, str] = {}
+    if config.s3_endpoint:
+        scheme, sep, rest = config.s3_endpoint.partition("://")
+        host = (rest if sep else scheme).rstrip("/")
+        out[KSERVE_S3_ENDPOINT] = host
+        out[KSERVE_S3_USE_HTTPS] = "0" if sep and scheme.lower() == "http" else "1"
+    if config.s3_region:
+        out[KSERVE_S3_REGION] = config.s3_region
+    return out
+
+
+def build_storage_service_account(service: CorrectorService, config: OperatorConfig,
+                                  namespace: str | None = None) -> dict[str, Any] | None:
+    """ServiceAccount ``<name>-storage`` listing the platform's S3 Secret, or None.
+
+    Made only when the resource names no ServiceAccount of its own and the platform has an S3
+    Secret (``SCOREOPS_S3_SECRET``). KServe's storage initializer reads the credentials from
+    the Secrets a predictor's ServiceAccount lists; the Secret is named, never read or copied.
+    The KServe S3 annotations (endpoint, scheme, region) are set on the ServiceAccount too,
+    where KServe reads them for workload identity; with keys, KServe reads them from the
+    Secret (docs/cluster.md). Least privilege: no token is mounted into the pods that use it
+    and nothing binds a role to it, so it grants no access to the Kubernetes API.
+    """
+    if service.spec.service_account_name or not config.s3_secret:
+        return None
+    ns = namespace_of(service, namespace)
+    return {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": _metadata(service, storage_service_account_name(service.metadata.name), ns,
+                              kserve_s3_annotations(config)),
+        "automountServiceAccountToken": False,
+        "secrets": [{"name": config.s3_secret}],
+    }
+
+
 def build_correctorservice_children(service: CorrectorService, config: OperatorConfig,
                                     namespace: str | None = None,
                                     model_uri: str | None = None) -> list[dict[str, Any]]:
-    return [build_inference_service(service, config, namespace, model_uri)]
+    """The ServiceAccount (if any) first: the predictor's pods are admitted with it."""
+    account = build_storage_service_account(service, config, namespace)
+    isvc = build_inference_service(service, config, namespace, model_uri)
+    return [account, isvc] if account else [isvc]
 
 
 # --- any kind ----------------------------------------------------------------------------------

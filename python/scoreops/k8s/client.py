@@ -48,6 +48,7 @@ class Kind:
 KINDS: dict[tuple[str, str], Kind] = {
     (k.api_version, k.kind): k for k in (
         Kind("v1", "ConfigMap", "configmaps"),
+        Kind("v1", "ServiceAccount", "serviceaccounts"),
         Kind("batch/v1", "Job", "jobs"),
         Kind("kubeflow.org/v1", "PyTorchJob", "pytorchjobs"),
         Kind("serving.kserve.io/v1beta1", "InferenceService", "inferenceservices"),

@@ -22,6 +22,9 @@ FINALIZER_PREFIX = "scoreops.io"
 FINALIZER = f"{FINALIZER_PREFIX}/finalizer"
 
 DEFAULT_REGISTRY = "ghcr.io/scoreops"
+# Seconds a trainer pod has from SIGTERM to SIGKILL when neither the ScoreRun nor the chart
+# says otherwise: a step of an 8B model's RL loop plus a sharded checkpoint write.
+DEFAULT_TRAIN_GRACE_SECONDS = 600
 SPEC_DIR = "/etc/scoreops"
 
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
@@ -70,6 +73,11 @@ def inference_service_name(service: str) -> str:
     return service
 
 
+def storage_service_account_name(service: str) -> str:
+    """The ServiceAccount that gives a CorrectorService's predictor the platform's S3 Secret."""
+    return f"{service}-storage"
+
+
 def labels_for(kind: str, name: str) -> dict[str, str]:
     """The labels every child of resource ``kind``/``name`` carries."""
     return {
@@ -102,6 +110,10 @@ class OperatorConfig:
     - ``SCOREOPS_S3_SECRET``: the Secret with S3 credentials when a resource names none.
     - ``SCOREOPS_S3_ENDPOINT``: the S3 endpoint given to every pod as ``AWS_ENDPOINT_URL``
       (when unset, pods take ``AWS_ENDPOINT_URL`` from the credentials Secret, if it has one).
+    - ``SCOREOPS_S3_REGION``: the bucket region, for KServe's storage initializer (an
+      annotation of the predictor's ServiceAccount).
+    - ``SCOREOPS_TRAIN_GRACE_SECONDS``: the trainer pods' ``terminationGracePeriodSeconds``
+      when a ScoreRun sets none (default 600).
     - ``SCOREOPS_SYNC_INTERVAL``: seconds between status syncs of a running resource
       (PyTorchJob/Job/InferenceService conditions, progress file, stall check); default 10.
     """
@@ -112,6 +124,8 @@ class OperatorConfig:
     gpu_tolerations: tuple[Mapping[str, Any], ...] = ()
     s3_secret: str | None = None
     s3_endpoint: str | None = None
+    s3_region: str | None = None
+    train_grace_seconds: int = DEFAULT_TRAIN_GRACE_SECONDS
     sync_interval: float = 10.0
 
     def image(self, component: str) -> str:
@@ -139,6 +153,11 @@ class OperatorConfig:
             ) from None
         if interval <= 0:
             raise ConfigError("SCOREOPS_SYNC_INTERVAL must be > 0")
+        grace_text = env.get("SCOREOPS_TRAIN_GRACE_SECONDS", "").strip() or str(
+            DEFAULT_TRAIN_GRACE_SECONDS)
+        if not grace_text.isdigit() or int(grace_text) < 10:
+            raise ConfigError(f"SCOREOPS_TRAIN_GRACE_SECONDS: {grace_text!r} is not a whole "
+                              "number of seconds >= 10")
         return cls(
             registry=env.get("SCOREOPS_IMAGE_REGISTRY", "").strip() or DEFAULT_REGISTRY,
             tag=env.get("SCOREOPS_IMAGE_TAG", "").strip() or scoreops.__version__,
@@ -146,6 +165,8 @@ class OperatorConfig:
             gpu_tolerations=tuple(tolerations),
             s3_secret=env.get("SCOREOPS_S3_SECRET", "").strip() or None,
             s3_endpoint=env.get("SCOREOPS_S3_ENDPOINT", "").strip() or None,
+            s3_region=env.get("SCOREOPS_S3_REGION", "").strip() or None,
+            train_grace_seconds=int(grace_text),
             sync_interval=interval,
         )
 

@@ -2,9 +2,10 @@
 entrypoint ``python -m scoreops.serving``.
 
 Entrypoint arguments (what the operator's InferenceService transformer passes; KServe adds
-``--model_name``, ``--predictor_host`` and ``--http_port``, accepted as aliases)::
+``--predictor_host`` and ``--http_port``, accepted as aliases, and ``--model_name`` only when
+no argument starts with it)::
 
-    python -m scoreops.serving --model-name NAME --backend openai \\
+    python -m scoreops.serving --model_name=NAME --backend openai \\
         --predictor-url http://NAME-predictor.NS [--strategy self-correct --turns 2] \\
         [--max-tokens 1024 --max-n 4 --max-concurrency 64 --max-queue 512] \\
         [--request-timeout 120] [--http-port 8080] [--host 0.0.0.0]
@@ -108,7 +109,16 @@ def config_from_args(args: argparse.Namespace) -> Any:
                 "engine_batch_size", "torch_threads"):
         if g.get(key) is not None:
             values[key] = g[key]
+    if args.backend == "vllm" and g.get("dtype") is None and _cuda_available():
+        # vLLM's fast attention backends take bf16/fp16, not the float32 default
+        values["dtype"] = "bfloat16"
     return ServingConfig(**values)
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
 
 
 def config_from_resource(resource: Any) -> Any:
