@@ -3,13 +3,22 @@ self-corrections of its own answers; both layers update the same policy.
 
 * **Layer 1** is plain GRPO: G samples ``o_1 … o_G`` of the question x, group-normalised
   advantages, clipped ratio, k3 KL to the reference.
-* **Layer 2** turns every layer-1 output into a correction prompt
-  ``x'_i = x ⊕ o_i ⊕ g_i`` with a guide phrase ``g_i`` drawn from a pool, samples one
-  correction per ``x'_i`` and keeps the prompts whose correction the rule-based verifier
-  accepts (``G' ≤ G`` per question: a correction of ``o_i`` is known to be reachable from
-  there). For each kept ``x'_i`` it samples ``H`` fresh corrections ("variations") and applies
-  GRPO to that group of H. A kept group whose H variations all score the same carries no
-  gradient (zero advantages), as in GRPO.
+* **Layer 2** turns every layer-1 output into a correction prompt ``x'_i`` with a guide phrase
+  ``g_i`` drawn from a pool (by default the paper's seven). In the paper's form (the default,
+  ``guideForm: same-turn``) ``x'_i = concat(x, o_i) + g_i``: the phrase continues the model's
+  own answer inside the same assistant turn and the model goes on from there; ``user-turn``
+  sends the phrase as a new user message instead. One correction is sampled per ``x'_i``;
+  the prompts whose correction the rule-based verifier accepts are kept (``G' ≤ G`` per
+  question: a correction of ``o_i`` is known to be reachable from there). For each kept
+  ``x'_i`` ``H`` fresh corrections ("variations") are sampled, and GRPO is applied to the
+  group of the verified correction *and* its H variations (``keepSelected``, the default;
+  a group of H+1 whose first member is known to be right, so it trains unless all H
+  variations are right too, and the verified correction gets a positive advantage). With
+  ``keepSelected: false`` the group is the H variations only (a group trains only if they
+  disagree; with H = 2 that discards most kept prompts). Including the selecting sample
+  makes layer 2 partly a filtered (rejection-sampling) update: it is not an unbiased
+  estimate of the gradient of E[r] at ``x'_i``, which is the point — it reinforces
+  corrections that were verified.
 
 The functions here are pure: the guide-phrase draw, the selection, the per-group advantages
 and the two-layer loss. :mod:`scoreops.training.mgrpo` wires them to rollouts.
