@@ -13,7 +13,7 @@ Arms (``--arms``):
 * ``naive``: two-turn REINFORCE (SCoRe's stage II with α = 0, no stage I, raw advantages);
 * ``score``: SCoRe with stage I for ``--stage1-fraction`` of the steps, then stage II
   (α = 10, β1 = 0.01, β2 = 0.1, the unshaped turn-1 credit, per-turn advantage scale), with
-  per-turn gradient norms logged;
+  per-turn gradient norms logged (one extra backward per step, this arm only);
 * ``mgrpo``: MGRPO with the paper's seven guide phrases appended in the same assistant turn;
   evaluated with a guide phrase as its second turn (its training distribution);
 * ``oracle``: the ``score`` arm with oracle feedback before turn 2, in training and evaluation
@@ -25,7 +25,8 @@ across seeds, the mean and a t interval; for Acc@t2(score) − Acc@t2(grpo) (and
 pre-registered contrasts), a bootstrap over items and seeds, paired (the same resampled items
 for both arms, seeds paired by index).
 
-    python bench/compare_algorithms.py --seeds 3 --steps 12 --out bench/results/compare-DATE
+    python bench/compare_algorithms.py --seeds 3 --steps 6 --batch 2 --eval-items 60 \
+        --max-new-tokens 16 --lr 2e-5 --threads 1 --out bench/results/compare-DATE
 
 Results are written as they come: ``runs/<arm>-seed<k>.json`` after every run (per-item
 correctness included), ``results.json``, ``results.md`` and ``results.png`` after every run.
@@ -86,14 +87,12 @@ def spec_for(arm: str, seed: int, args: argparse.Namespace, data: tuple[str, str
              output: str) -> dict[str, Any]:
     stage1 = round(args.steps * args.stage1_fraction)
     score = {"stage1Steps": stage1, "stage2Steps": args.steps - stage1, "alpha": 10.0,
-             "beta1": 0.01, "beta2": 0.1, "bonusOnTurn1": False, "termScale": "std",
-             "termGradNorms": True}
+             "beta1": 0.01, "beta2": 0.1, "bonusOnTurn1": False, "termScale": "std"}
     algorithm: dict[str, Any] = {
         "grpo": {"name": "grpo", "grpo": {"steps": args.steps, "beta": 0.001}},
         "naive": {"name": "score", "score": {"stage1Steps": 0, "stage2Steps": args.steps,
-                                             "alpha": 0.0, "beta1": 0.01, "termScale": "none",
-                                             "termGradNorms": True}},
-        "score": {"name": "score", "score": score},
+                                             "alpha": 0.0, "beta1": 0.01, "termScale": "none"}},
+        "score": {"name": "score", "score": {**score, "termGradNorms": True}},
         "oracle": {"name": "score", "score": score},
         "mgrpo": {"name": "mgrpo", "mgrpo": {"steps": args.steps, "beta": 0.001,
                                              "variations": 2}},
@@ -362,17 +361,17 @@ def main() -> None:
     p.add_argument("--model", default="builtin://smollm2-135m-instruct")
     p.add_argument("--arms", default=",".join(ARMS))
     p.add_argument("--seeds", type=int, default=3, help="training seeds per arm")
-    p.add_argument("--steps", type=int, default=12, help="optimiser steps of every arm")
-    p.add_argument("--batch", type=int, default=4, help="prompts per step")
+    p.add_argument("--steps", type=int, default=6, help="optimiser steps of every arm")
+    p.add_argument("--batch", type=int, default=2, help="prompts per step")
     p.add_argument("--samples", type=int, default=4, help="samples per prompt (G)")
     p.add_argument("--task", default="chain_sum")
     p.add_argument("--task-config", default='{"min_terms": 2, "max_terms": 2, '
                                             '"min_digits": 1, "max_digits": 2}')
     p.add_argument("--train-items", type=int, default=2000)
-    p.add_argument("--eval-items", type=int, default=200)
-    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--eval-items", type=int, default=60)
+    p.add_argument("--max-new-tokens", type=int, default=16)
     p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--lr", type=float, default=1e-5)
+    p.add_argument("--lr", type=float, default=2e-5)
     p.add_argument("--stage1-fraction", type=float, default=0.25)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's choice)")
     p.add_argument("--out", default=None)
