@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from scoreops.algorithms.advantages import group_normalized
 from scoreops.algorithms.grpo import grpo_loss
@@ -37,7 +37,10 @@ from scoreops.algorithms.kl import KLEstimator
 if TYPE_CHECKING:
     import torch
 
+T = TypeVar("T")
+
 __all__ = [
+    "assemble_layer2_groups",
     "draw_guide_phrases",
     "layer2_advantages",
     "layer_loss",
@@ -61,6 +64,36 @@ def select_corrections(rewards: Sequence[float], *, threshold: float = 0.5) -> l
     """Indices of the layer-2 prompts whose sampled correction the verifier accepted
     (``reward >= threshold``), in order. These prompts become layer-2 GRPO groups."""
     return [i for i, r in enumerate(rewards) if r >= threshold]
+
+
+def assemble_layer2_groups(
+    kept: Sequence[int],
+    selected: Sequence[T],
+    selected_rewards: Sequence[float],
+    variations: Sequence[T],
+    variation_rewards: Sequence[float],
+    *,
+    variations_per_group: int,
+    keep_selected: bool = True,
+) -> tuple[list[T], list[float], int]:
+    """Layer-2 GRPO groups, group-contiguous: ``(samples, rewards, group size)``.
+
+    ``selected[i]`` / ``selected_rewards[i]`` are the probe correction of layer-1 answer i
+    and its reward; ``variations`` hold ``variations_per_group`` (H) fresh corrections per kept
+    index, in the order of ``kept``. With ``keep_selected`` each group is the verified
+    correction followed by its H variations (size H+1), else the H variations (size H)."""
+    h = variations_per_group
+    if len(variations) != len(kept) * h or len(variation_rewards) != len(variations):
+        raise ValueError(f"{len(variations)} variations for {len(kept)} kept prompts x H={h}")
+    samples: list[T] = []
+    rewards: list[float] = []
+    for k, i in enumerate(kept):
+        if keep_selected:
+            samples.append(selected[i])
+            rewards.append(float(selected_rewards[i]))
+        samples.extend(variations[k * h:(k + 1) * h])
+        rewards.extend(float(r) for r in variation_rewards[k * h:(k + 1) * h])
+    return samples, rewards, h + 1 if keep_selected else h
 
 
 def layer2_advantages(

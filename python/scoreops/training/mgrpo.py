@@ -184,6 +184,7 @@ class MGRPOAlgorithm:
 
         from scoreops.algorithms.advantages import group_normalized
         from scoreops.algorithms.mgrpo import (
+            assemble_layer2_groups,
             draw_guide_phrases,
             layer2_advantages,
             layer_loss,
@@ -227,13 +228,9 @@ class MGRPOAlgorithm:
             var_items = [ro.items[i] for i in kept for _ in range(h)]
             rv = [ctx.verifier(a, item) for a, item in zip(var_answers, var_items, strict=True)]
             generated += _tokens(variations, -1)
-            group_rewards: list[float] = []
-            for k, i in enumerate(kept):
-                if cfg.keep_selected:  # the verified correction joins its own group
-                    group.append(corrections[i])
-                    group_rewards.append(rc[i])
-                group.extend(variations[k * h:(k + 1) * h])
-                group_rewards.extend(rv[k * h:(k + 1) * h])
+            group, group_rewards, _ = assemble_layer2_groups(
+                kept, corrections, rc, variations, rv, variations_per_group=h,
+                keep_selected=cfg.keep_selected)
             r2 = torch.tensor(group_rewards, dtype=torch.float32)
             layer2_reward = float(torch.tensor(rv).mean())
             adv2 = layer2_advantages(r2.reshape(-1, size))
