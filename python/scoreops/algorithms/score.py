@@ -41,6 +41,12 @@ Choices, made explicit:
   ``(1/σ1)·∇J1 + (1/σ2)·∇J2`` — a positive reweighting of the two terms' exact gradients
   (``J1``: the return credited to turn 1, ``J2``: E[r̂2] through turn 2), each with unit
   advantage scale; the KL terms are not rescaled. ``"none"`` keeps the raw advantages.
+  Not chosen: per-turn token-mean normalisation (each turn's log-prob sum divided by its
+  length, the gradient of a length-normalised objective) leaves the ``1+α`` ratio in place
+  when both turns are about as long, which is the common case; rescaling each term's
+  *parameter* gradient to a common norm balances exactly but needs a backward pass per term.
+  The per-turn gradient norms can be logged every step (``termGradNorms``, see
+  :func:`scoreops.training.algorithms.backward_micro_batches`).
 """
 
 from __future__ import annotations
