@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)  ## create .venv with everything (CPU)
 
-demo: install  ## train SmolLM2-135M to self-correct on CPU (SCoRe stage I -> II) and print the table
+demo: install  ## SCoRe stage I -> II on SmolLM2-135M on CPU: print the before/after table and what it shows
 	$(VENV)/bin/scoreops run manifests/examples/scorerun-tiny.yaml
 
 test: install  ## lint, CRD drift check, unit + integration + e2e tests (real S3, API server, helm)

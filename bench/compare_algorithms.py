@@ -1,179 +1,417 @@
-"""SCoRe vs GRPO vs MGRPO at equal compute on the CPU demo task, in one run.
+"""SCoRe vs GRPO vs MGRPO vs naive two-turn REINFORCE, several training seeds, one command.
 
-Each algorithm trains the same base model (SmolLM2-135M-Instruct by default) on the same
-single-digit additions with the same rollout and optimiser settings until it has *generated*
-the same number of tokens (``--token-budget``; the step that crosses the budget is the last),
-then the same held-out items are evaluated greedily with two turns (attempt, correction
-instruction, attempt): Acc@t1, Acc@t2, Δ, Δi→c, Δc→i. Generated tokens are the compute that
-differs between the algorithms (MGRPO's layer 2 and SCoRe's second turn generate more per
-prompt than single-turn GRPO); the update cost follows the same sequences.
+Every arm trains the same base model (SmolLM2-135M-Instruct by default) on the same training
+items with the same optimiser steps, prompts per step and samples per prompt; the generated
+tokens (which differ: a second turn, MGRPO's layer 2) are reported. Each trained model and the
+base model are then evaluated greedily with two turns on the same held-out items.
 
-    python bench/compare_algorithms.py [--token-budget 3000] [--eval 60] [--out DIR]
-        [--model builtin://smollm2-135m-instruct] [--algorithms score,grpo,mgrpo]
+Arms (``--arms``):
 
-Writes ``results.json`` and ``results.md`` (the table) under ``--out`` and prints the table.
+* ``base``: no training (evaluated with the correction instruction, with MGRPO's guide
+  phrases, and with oracle feedback, so each arm's Δ has its base-model reference);
+* ``grpo``: single-turn GRPO;
+* ``naive``: two-turn REINFORCE (SCoRe's stage II with α = 0, no stage I, raw advantages);
+* ``score``: SCoRe with stage I for ``--stage1-fraction`` of the steps, then stage II
+  (α = 10, β1 = 0.01, β2 = 0.1, the unshaped turn-1 credit, per-turn advantage scale), with
+  per-turn gradient norms logged (one extra backward per step, this arm only);
+* ``mgrpo``: MGRPO with the paper's seven guide phrases appended in the same assistant turn;
+  evaluated with a guide phrase as its second turn (its training distribution);
+* ``oracle``: the ``score`` arm with oracle feedback before turn 2, in training and evaluation
+  ("Your previous answer is incorrect/correct."): *extrinsic*, a positive control that bounds
+  what a second attempt can gain here; not self-correction.
+
+Statistics: per run, Wilson intervals of Acc@t1/Acc@t2 and Newcombe's paired interval of Δ;
+across seeds, the mean and a t interval; for Acc@t2(score) − Acc@t2(grpo) (and the other
+pre-registered contrasts), a bootstrap over items and seeds, paired (the same resampled items
+for both arms, seeds paired by index).
+
+    python bench/compare_algorithms.py --seeds 3 --steps 6 --batch 2 --eval-items 60 \
+        --max-new-tokens 16 --lr 2e-5 --threads 1 --out bench/results/compare-DATE
+
+Results are written as they come: ``runs/<arm>-seed<k>.json`` after every run (per-item
+correctness included), ``results.json``, ``results.md`` and ``results.png`` after every run.
+``--report-only`` rebuilds the summary, table and plot from the run files.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import random
+import shutil
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-INSTRUCTION = ("There might be an error in your answer. Check it and give the correct answer. "
-               "Answer with only the number.")
-GUIDES = [f"{p} Answer with only the number." for p in (
-    "Wait, let me recheck my solution.",
-    "Hold on, I should double-check the calculation above.",
-    "Let me verify each step of the solution again.",
-    "Hmm, I might have made a mistake. Let me review the reasoning.",
-    "Before finalizing, let me re-examine the steps for errors.",
-    "Let me carefully go through the solution once more to make sure it is correct.",
-    "Wait, is that right? Let me check again step by step.",
-)]
-MAX_STEPS = 10_000  # the token budget ends each run long before
+SUFFIX = " Reply with the result only, in the form 'Answer: N'."
+INSTRUCTION = ("There might be an error in your answer. Check it and give the correct result, "
+               "in the form 'Answer: N'.")
+ARMS = ("base", "grpo", "naive", "score", "mgrpo", "oracle")
+CONTRASTS = (("score", "grpo", "acc_t2"), ("score", "naive", "acc_t2"),
+             ("score", "naive", "delta"), ("mgrpo", "grpo", "acc_t2"))
 
 
-def base_spec(args: argparse.Namespace, output: str) -> dict[str, Any]:
+# --------------------------------------------------------------------------- data and specs
+
+
+def write_data(args: argparse.Namespace, root: Path) -> tuple[str, str]:
+    """Training and held-out items (disjoint questions), the task's prompt + SUFFIX."""
+    from scoreops.data import generate_items, normalize_question, save_items
+    from scoreops.data.items import Item
+
+    config = json.loads(args.task_config)
+    pool = generate_items(args.task, (args.train_items + args.eval_items) * 2, seed=0,
+                          config=config)
+    seen: set[str] = set()
+    unique = []
+    for it in pool:
+        key = normalize_question(it.question)
+        if key not in seen:
+            seen.add(key)
+            unique.append(Item(id=it.id, question=it.question + SUFFIX, answer=it.answer,
+                               source=it.source, meta={}))
+    random.Random(0).shuffle(unique)
+    held = unique[: args.eval_items]
+    train = unique[args.eval_items : args.eval_items + args.train_items]
+    if len(held) < args.eval_items or len(train) < args.train_items:
+        raise SystemExit(f"{args.task} {config} has only {len(unique)} distinct questions")
+    root.mkdir(parents=True, exist_ok=True)
+    save_items(train, str(root / "train.jsonl"))
+    save_items(held, str(root / "eval.jsonl"))
+    return str(root / "train.jsonl"), str(root / "eval.jsonl")
+
+
+def spec_for(arm: str, seed: int, args: argparse.Namespace, data: tuple[str, str],
+             output: str) -> dict[str, Any]:
+    stage1 = round(args.steps * args.stage1_fraction)
+    score = {"stage1Steps": stage1, "stage2Steps": args.steps - stage1, "alpha": 10.0,
+             "beta1": 0.01, "beta2": 0.1, "bonusOnTurn1": False, "termScale": "std"}
+    algorithm: dict[str, Any] = {
+        "grpo": {"name": "grpo", "grpo": {"steps": args.steps, "beta": 0.001}},
+        "naive": {"name": "score", "score": {"stage1Steps": 0, "stage2Steps": args.steps,
+                                             "alpha": 0.0, "beta1": 0.01, "termScale": "none"}},
+        "score": {"name": "score", "score": {**score, "termGradNorms": True}},
+        "oracle": {"name": "score", "score": score},
+        "mgrpo": {"name": "mgrpo", "mgrpo": {"steps": args.steps, "beta": 0.001,
+                                             "variations": 2}},
+    }[arm]
     return {
         "model": {"uri": args.model},
-        "dataset": {"train": {"generator": {"task": "single-digit-addition", "size": 400,
-                                            "seed": 0}},
-                    "evalSize": args.eval, "seed": 0},
+        "dataset": {"train": {"uri": data[0]}, "eval": {"uri": data[1]}, "seed": seed,
+                    "verifier": "math"},
+        "algorithm": algorithm,
         "rollout": {"engine": "hf", "turns": 2, "samplesPerPrompt": args.samples,
-                    "temperature": 1.0, "maxNewTokens": args.max_new_tokens,
-                    "correctionInstruction": INSTRUCTION},
-        "optim": {"learningRate": args.lr, "batchSize": args.batch, "microBatchSize": 16,
-                  "warmupRatio": 0.0, "schedule": "constant"},
+                    "temperature": args.temperature, "maxNewTokens": args.max_new_tokens,
+                    "correctionInstruction": INSTRUCTION,
+                    "feedback": "oracle" if arm == "oracle" else "none"},
+        "optim": {"learningRate": args.lr, "batchSize": args.batch,
+                  "microBatchSize": args.batch * args.samples, "warmupRatio": 0.0,
+                  "schedule": "constant", "maxGradNorm": 1.0},
         "resources": {"precision": "fp32"},
-        "checkpoint": {"everySteps": MAX_STEPS, "keep": 1},
-        "evaluation": {"enabled": False},
+        "checkpoint": {"everySteps": args.steps, "keep": 1},
+        "evaluation": {"enabled": True, "compareBase": False,
+                       "maxNewTokens": args.max_new_tokens},
         "output": {"uri": output},
-        "seed": args.seed,
+        "seed": seed,
     }
 
 
-def algorithm_block(name: str) -> dict[str, Any]:
-    if name == "score":
-        # stage I for the first fifth of the (unknown) number of steps is not expressible with
-        # a token budget; SCoRe runs stage I for 2 steps, then stage II
-        return {"name": "score", "score": {"stage1Steps": 2, "stage2Steps": MAX_STEPS,
-                                           "alpha": 10.0, "beta1": 0.01, "beta2": 0.1}}
-    if name == "grpo":
-        return {"name": "grpo", "grpo": {"steps": MAX_STEPS, "beta": 0.001}}
-    if name == "mgrpo":
-        return {"name": "mgrpo", "mgrpo": {"steps": MAX_STEPS, "beta": 0.001, "variations": 2,
-                                           "guidePhrases": GUIDES}}
-    raise SystemExit(f"unknown algorithm {name!r}")
+def scorerun(spec: dict[str, Any], name: str) -> Any:
+    from scoreops.api import parse_resource
+
+    return parse_resource({"apiVersion": "scoreops.io/v1alpha1", "kind": "ScoreRun",
+                           "metadata": {"name": name}, "spec": spec})
 
 
-def evaluate(model_uri: str, weights: Path | None, run: Any) -> dict[str, Any]:
-    """Greedy two-turn evaluation of the base model, or of it with ``weights`` loaded."""
-    from safetensors.torch import load_file
+# --------------------------------------------------------------------------- runs
 
+
+def evaluate_base(args: argparse.Namespace, data: tuple[str, str]) -> dict[str, Any]:
+    """The base model, evaluated three ways (instruction, guide phrase, oracle feedback)."""
+    from scoreops.api.scorerun import MGRPO_GUIDE_PHRASES
+    from scoreops.data import load_items
     from scoreops.models import load_model
     from scoreops.rewards import make_verifier
     from scoreops.rollout import HFEngine
     from scoreops.training.evaluation import evaluate_items
-    from scoreops.training.loop import load_split
 
-    model, tok = load_model(model_uri)
-    if weights is not None:
-        model.load_state_dict(load_file(str(weights)), strict=False)
-    _, held = load_split(run)
-    res = evaluate_items(HFEngine(model, tok, max_batch_size=64), held, make_verifier("math"),
-                         instruction=INSTRUCTION, turns=2,
-                         max_new_tokens=run.spec.rollout.max_new_tokens)
-    return res.metrics.to_dict()
+    model, tok = load_model(args.model)
+    engine = HFEngine(model, tok, max_batch_size=64)
+    held = load_items(data[1])
+    out: dict[str, Any] = {}
+    for label, kw in (("instruction", {}),
+                      ("guide", {"guide_phrases": MGRPO_GUIDE_PHRASES}),
+                      ("oracle", {"feedback": "oracle"})):
+        t0 = time.perf_counter()
+        res = evaluate_items(engine, held, make_verifier("math"), instruction=INSTRUCTION,
+                             turns=2, max_new_tokens=args.max_new_tokens, **kw)
+        out[label] = {"metrics": res.metrics.to_dict(),
+                      "correct": [r["correct"] for r in res.records],
+                      "outputs": [r["outputs"] for r in res.records[:5]],
+                      "eval_seconds": round(time.perf_counter() - t0, 1)}
+        print(f"base/{label}: {json.dumps(out[label]['metrics'])[:300]}", flush=True)
+    return out
 
 
-def train_with_budget(run: Any, budget: int) -> dict[str, Any]:
-    from scoreops.training.checkpoint import list_checkpoints
+def train_arm(arm: str, seed: int, args: argparse.Namespace, data: tuple[str, str],
+              work: Path) -> dict[str, Any]:
     from scoreops.training.loop import Trainer
 
-    spent = {"tokens": 0, "steps": 0}
-    trainer: Trainer
-
-    def on_step(m: dict[str, Any]) -> None:
-        spent["tokens"] += int(m.get("generated_tokens", 0))
-        spent["steps"] = int(m["step"])
-        if spent["tokens"] >= budget:
-            trainer.request_stop()
-
-    trainer = Trainer(run, on_step=on_step, fresh=True)
+    output = work / f"{arm}-seed{seed}"
+    run = scorerun(spec_for(arm, seed, args, data, str(output)), f"compare-{arm}-{seed}")
     t0 = time.perf_counter()
-    result = trainer.run_training()
+    result = Trainer(run, fresh=True).run_training()
     seconds = time.perf_counter() - t0
-    ckpt = list_checkpoints(result.output)[-1]
-    from scoreops import storage
+    ev = result.evals["trained"]
+    keep = ("reward_t1", "reward_t2", "generated_tokens", "grad_norm", "grad_norm_turn1",
+            "grad_norm_turn2", "layer2_groups", "i2c", "c2i", "kl_turn1", "kl_turn2",
+            "layer1_kl", "kl", "seconds")
+    shutil.rmtree(output, ignore_errors=True)
+    return {
+        "arm": arm, "seed": seed, "steps": result.step,
+        "generated_tokens": int(sum(m.get("generated_tokens", 0) for m in result.metrics)),
+        "seconds": round(seconds, 1),
+        "metrics": ev.metrics.to_dict(),
+        "correct": [r["correct"] for r in ev.records],
+        "outputs": [r["outputs"] for r in ev.records[:5]],
+        "per_step": [{k: m[k] for k in keep if k in m} for m in result.metrics],
+    }
 
-    weights = storage.cached_artifact(ckpt) / "model.safetensors"
-    rewards = [m.get("reward_t1", 0.0) for m in result.metrics]
-    return {"steps": spent["steps"], "generated_tokens": spent["tokens"],
-            "train_seconds": round(seconds, 1), "weights": str(weights),
-            "reward_t1_first": rewards[0] if rewards else None,
-            "reward_t1_last": rewards[-1] if rewards else None,
-            "layer2_groups": [m["layer2_groups"] for m in result.metrics
-                              if "layer2_groups" in m]}
+
+# --------------------------------------------------------------------------- statistics
 
 
-def table(rows: dict[str, dict[str, Any]]) -> str:
-    head = ("| model | steps | generated tokens | Acc@t1 | Acc@t2 | Δ(t1,t2) | Δi→c | Δc→i |\n"
-            "| --- | --- | --- | --- | --- | --- | --- | --- |\n")
-    lines = []
-    for name, r in rows.items():
-        m = r["metrics"]
-        lines.append(f"| {name} | {r.get('steps', 0)} | {r.get('generated_tokens', 0)} | "
-                     f"{m['acc_t1']:.3f} | {m['acc_t2']:.3f} | {m['delta']:+.3f} | "
-                     f"{m['delta_i2c']:.3f} | {m['delta_c2i']:.3f} |")
-    return head + "\n".join(lines) + "\n"
+def _t95(k: int) -> float:
+    """Two-sided 95% Student t quantile for k degrees of freedom (k ≤ 10 tabulated)."""
+    table = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306,
+             9: 2.262, 10: 2.228}
+    return table.get(k, 1.96)
+
+
+def across_seeds(values: list[float]) -> dict[str, Any]:
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return {"mean": mean, "n": n, "ci": None, "values": values}
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    half = _t95(n - 1) * sd / math.sqrt(n)
+    return {"mean": mean, "sd": sd, "n": n, "ci": [mean - half, mean + half], "values": values}
+
+
+def _stat(correct: list[list[bool]], metric: str, idx: list[int]) -> float:
+    if metric == "acc_t2":
+        return sum(correct[i][1] for i in idx) / len(idx)
+    if metric == "acc_t1":
+        return sum(correct[i][0] for i in idx) / len(idx)
+    return sum(int(correct[i][1]) - int(correct[i][0]) for i in idx) / len(idx)  # delta
+
+
+def paired_bootstrap(a: list[list[list[bool]]], b: list[list[list[bool]]], metric: str,
+                     reps: int = 10_000, seed: int = 0) -> dict[str, Any]:
+    """metric(arm a) − metric(arm b): resample seed indices (paired by index) and items (the
+    same items for both arms) with replacement; mean over the resampled seeds."""
+    k = min(len(a), len(b))
+    n = len(a[0])
+    rng = random.Random(seed)
+    point = sum(_stat(a[s], metric, list(range(n))) - _stat(b[s], metric, list(range(n)))
+                for s in range(k)) / k
+    draws = []
+    for _ in range(reps):
+        seeds = [rng.randrange(k) for _ in range(k)]
+        items = [rng.randrange(n) for _ in range(n)]
+        draws.append(sum(_stat(a[s], metric, items) - _stat(b[s], metric, items)
+                         for s in seeds) / k)
+    draws.sort()
+    return {"estimate": point, "ci": [draws[int(0.025 * reps)], draws[int(0.975 * reps) - 1]],
+            "p_le_0": sum(d <= 0 for d in draws) / reps, "seeds": k, "items": n}
+
+
+def summarise(base: dict[str, Any] | None, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    arms: dict[str, list[dict[str, Any]]] = {}
+    for r in runs:
+        arms.setdefault(r["arm"], []).append(r)
+    summary: dict[str, Any] = {"arms": {}, "contrasts": []}
+    for arm, rs in arms.items():
+        rs.sort(key=lambda r: r["seed"])
+        summary["arms"][arm] = {
+            m: across_seeds([r["metrics"][m] for r in rs])
+            for m in ("acc_t1", "acc_t2", "delta", "delta_i2c", "delta_c2i")}
+        summary["arms"][arm]["generated_tokens"] = across_seeds(
+            [float(r["generated_tokens"]) for r in rs])
+        summary["arms"][arm]["seeds"] = [r["seed"] for r in rs]
+    for a, b, metric in CONTRASTS:
+        if a in arms and b in arms:
+            res = paired_bootstrap([r["correct"] for r in arms[a]],
+                                   [r["correct"] for r in arms[b]], metric)
+            summary["contrasts"].append({"a": a, "b": b, "metric": metric, **res})
+    if base is not None:
+        summary["base"] = {k: v["metrics"] for k, v in base.items()}
+    return summary
+
+
+# --------------------------------------------------------------------------- report
+
+
+def _fmt_ci(s: dict[str, Any]) -> str:
+    if s.get("ci") is None:
+        return f"{s['mean']:.3f}"
+    return f"{s['mean']:.3f} [{s['ci'][0]:.3f}, {s['ci'][1]:.3f}]"
+
+
+def table(base: dict[str, Any] | None, runs: list[dict[str, Any]], summary: dict[str, Any]) -> str:
+    lines = ["Per run (Wilson 95% for the accuracies, Newcombe paired 95% for Δ):", "",
+             "| arm | seed | steps | gen. tokens | Acc@t1 | Acc@t2 | Δ(t1,t2) | Δi→c | Δc→i |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+
+    def row(name: str, seed: str, steps: Any, tokens: Any, m: dict[str, Any]) -> str:
+        ci = m["ci"]
+        return (f"| {name} | {seed} | {steps} | {tokens} | {m['acc_t1']:.3f} "
+                f"[{ci['acc_t1'][0]:.2f}, {ci['acc_t1'][1]:.2f}] | {m['acc_t2']:.3f} "
+                f"[{ci['acc_t2'][0]:.2f}, {ci['acc_t2'][1]:.2f}] | {m['delta']:+.3f} "
+                f"[{ci['delta'][0]:+.2f}, {ci['delta'][1]:+.2f}] | {m['delta_i2c']:.3f} | "
+                f"{m['delta_c2i']:.3f} |")
+
+    if base is not None:
+        for label, v in base.items():
+            lines.append(row(f"base ({label})", "-", 0, 0, v["metrics"]))
+    for r in sorted(runs, key=lambda r: (ARMS.index(r["arm"]), r["seed"])):
+        lines.append(row(r["arm"] + (" (extrinsic)" if r["arm"] == "oracle" else ""),
+                         str(r["seed"]), r["steps"], r["generated_tokens"], r["metrics"]))
+    lines += ["", "Across seeds (mean [95% t interval over seeds]):", "",
+              "| arm | seeds | gen. tokens | Acc@t1 | Acc@t2 | Δ(t1,t2) | Δi→c | Δc→i |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for arm in ARMS:
+        s = summary["arms"].get(arm)
+        if s is None:
+            continue
+        name = arm + (" (extrinsic)" if arm == "oracle" else "")
+        lines.append(f"| {name} | {len(s['seeds'])} | {s['generated_tokens']['mean']:.0f} | "
+                     f"{_fmt_ci(s['acc_t1'])} | {_fmt_ci(s['acc_t2'])} | {_fmt_ci(s['delta'])} | "
+                     f"{_fmt_ci(s['delta_i2c'])} | {_fmt_ci(s['delta_c2i'])} |")
+    if summary["contrasts"]:
+        lines += ["", "Paired bootstrap over items and seeds (10,000 draws):", "",
+                  "| contrast | estimate | 95% interval | P(≤ 0) | seeds | items |",
+                  "| --- | --- | --- | --- | --- | --- |"]
+        for c in summary["contrasts"]:
+            lines.append(f"| {c['metric']}({c['a']}) − {c['metric']}({c['b']}) | "
+                         f"{c['estimate']:+.3f} | [{c['ci'][0]:+.3f}, {c['ci'][1]:+.3f}] | "
+                         f"{c['p_le_0']:.3f} | {c['seeds']} | {c['items']} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(summary: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    arms = [a for a in ARMS if a in summary["arms"]]
+    base = summary.get("base", {}).get("instruction")
+    fig, ax = plt.subplots(figsize=(8, 4))
+    width = 0.38
+    for k, metric in enumerate(("acc_t1", "acc_t2")):
+        means, lo, hi = [], [], []
+        for a in arms:
+            s = summary["arms"][a][metric]
+            means.append(s["mean"])
+            ci = s["ci"] or [s["mean"], s["mean"]]
+            lo.append(s["mean"] - ci[0])
+            hi.append(ci[1] - s["mean"])
+        xs = [i + (k - 0.5) * width for i in range(len(arms))]
+        ax.bar(xs, means, width, yerr=[lo, hi], capsize=3,
+               label="Acc@t1" if metric == "acc_t1" else "Acc@t2")
+        for i, a in enumerate(arms):
+            vals = summary["arms"][a][metric]["values"]
+            ax.scatter([xs[i]] * len(vals), vals, color="black", s=8, zorder=3)
+    if base is not None:
+        ax.axhline(base["acc_t1"], color="grey", linestyle="--", linewidth=1,
+                   label="base Acc@t1")
+    ax.set_xticks(range(len(arms)))
+    ax.set_xticklabels([a + ("\n(extrinsic)" if a == "oracle" else "") for a in arms])
+    ax.set_ylabel("held-out accuracy (greedy)")
+    ax.set_title("mean over seeds, 95% t interval; dots: seeds")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_report(out: Path, settings: dict[str, Any]) -> None:
+    base_file = out / "runs" / "base.json"
+    base = json.loads(base_file.read_text()) if base_file.exists() else None
+    runs = [json.loads(p.read_text()) for p in sorted((out / "runs").glob("*-seed*.json"))]
+    if not runs and base is None:
+        return
+    summary = summarise(base, runs) if runs else {"arms": {}, "contrasts": []}
+    (out / "results.json").write_text(json.dumps(
+        {"settings": settings, "summary": summary,
+         "runs": [{k: v for k, v in r.items() if k != "correct"} for r in runs]}, indent=1))
+    md = table(base, runs, summary)
+    (out / "results.md").write_text(md)
+    if runs:
+        plot(summary, out / "results.png")
+    print(md, flush=True)
 
 
 def main() -> None:
-    from scoreops.api import parse_resource
-
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="builtin://smollm2-135m-instruct")
-    p.add_argument("--algorithms", default="score,grpo,mgrpo")
-    p.add_argument("--token-budget", type=int, default=3000)
-    p.add_argument("--eval", type=int, default=60, help="held-out items")
-    p.add_argument("--batch", type=int, default=4, help="prompts per step")
+    p.add_argument("--arms", default=",".join(ARMS))
+    p.add_argument("--seeds", type=int, default=3, help="training seeds per arm")
+    p.add_argument("--steps", type=int, default=6, help="optimiser steps of every arm")
+    p.add_argument("--batch", type=int, default=2, help="prompts per step")
     p.add_argument("--samples", type=int, default=4, help="samples per prompt (G)")
-    p.add_argument("--max-new-tokens", type=int, default=8)
-    p.add_argument("--lr", type=float, default=1e-5)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--task", default="chain_sum")
+    p.add_argument("--task-config", default='{"min_terms": 2, "max_terms": 2, '
+                                            '"min_digits": 1, "max_digits": 2}')
+    p.add_argument("--train-items", type=int, default=2000)
+    p.add_argument("--eval-items", type=int, default=60)
+    p.add_argument("--max-new-tokens", type=int, default=16)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--lr", type=float, default=2e-5)
+    p.add_argument("--stage1-fraction", type=float, default=0.25)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's choice)")
     p.add_argument("--out", default=None)
+    p.add_argument("--report-only", action="store_true")
     args = p.parse_args()
     out = Path(args.out or tempfile.mkdtemp(prefix="scoreops-compare-"))
-    out.mkdir(parents=True, exist_ok=True)
+    (out / "runs").mkdir(parents=True, exist_ok=True)
+    settings = {k: v for k, v in vars(args).items() if k not in ("out", "report_only")}
+    settings.update(suffix=SUFFIX, instruction=INSTRUCTION)
+    if args.report_only:
+        write_report(out, settings)
+        return
+    import torch
 
-    rows: dict[str, dict[str, Any]] = {}
-    first = None
-    for name in args.algorithms.split(","):
-        spec = base_spec(args, str(out / name))
-        spec["algorithm"] = algorithm_block(name)
-        run = parse_resource({"apiVersion": "scoreops.io/v1alpha1", "kind": "ScoreRun",
-                              "metadata": {"name": f"compare-{name}"}, "spec": spec})
-        if first is None:
-            first = run
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    (out / "settings.json").write_text(json.dumps(settings, indent=1))
+    work = Path(tempfile.mkdtemp(prefix="scoreops-compare-work-"))
+    data = write_data(args, work / "data")
+    arms = args.arms.split(",")
+    for a in arms:
+        if a not in ARMS:
+            raise SystemExit(f"unknown arm {a!r}; known: {', '.join(ARMS)}")
+    if "base" in arms and not (out / "runs" / "base.json").exists():
+        (out / "runs" / "base.json").write_text(json.dumps(evaluate_base(args, data)))
+        write_report(out, settings)
+    for seed in range(args.seeds):  # seed-major: every arm of a seed before the next seed
+        for arm in arms:
+            if arm == "base":
+                continue
+            path = out / "runs" / f"{arm}-seed{seed}.json"
+            if path.exists():  # resumable: a finished run is not repeated
+                continue
             t0 = time.perf_counter()
-            rows["base"] = {"metrics": evaluate(args.model, None, run)}
-            print(f"base evaluated in {time.perf_counter() - t0:.0f}s: {rows['base']}",
-                  flush=True)
-        r = train_with_budget(run, args.token_budget)
-        r["metrics"] = evaluate(args.model, Path(r["weights"]), run)
-        rows[name] = r
-        print(f"{name}: {json.dumps(r)}", flush=True)
-    settings = {k: v for k, v in vars(args).items() if k != "out"}
-    (out / "results.json").write_text(json.dumps({"settings": settings, "rows": rows},
-                                                 indent=2))
-    md = table(rows)
-    (out / "results.md").write_text(md)
-    print(md)
+            r = train_arm(arm, seed, args, data, work)
+            path.write_text(json.dumps(r))
+            print(f"{arm} seed {seed}: {time.perf_counter() - t0:.0f}s "
+                  f"{json.dumps(r['metrics'])[:200]}", flush=True)
+            write_report(out, settings)
+    shutil.rmtree(work, ignore_errors=True)
     print(f"written to {out}")
 
 

@@ -86,6 +86,10 @@ def run_scorerun(run: ScoreRun, *, output: str | None = None, fresh: bool = Fals
         print_table(before_after_rows(result.evals, ci=False),
                     title=f"{run.metadata.name}: held-out, greedy, before vs after",
                     console=Console())
+        from scoreops.training.report import what_it_shows
+
+        for line in what_it_shows(result.evals):
+            console.print(line, highlight=False)
     console.print(f"report: {trainer.output}/report.md   model: {result.final_model}")
     return 0
 

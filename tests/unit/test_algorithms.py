@@ -169,12 +169,13 @@ def test_stage2_loss_value_and_stats() -> None:
         alpha=10.0, beta1=0.01, group_size=2,
     )
     # r̂2 = r2 + 10(r2 − r1) = (11, −10); turn-1 return r1 + r̂2 = (11, −9)
-    # LOO with G = 2 is r_i − r_other: A1 = (20, −20), A2 = (21, −21)
+    # turn 2 is credited with r̂2 + α·r1 = 11·r2 = (11, 0) (−α·r1 is fixed by turn 2's prompt)
+    # LOO with G = 2 is r_i − r_other: A1 = (20, −20), A2 = (11, −11)
     # turn sums: turn 1 (−1, −1), turn 2 (−2.5, −2)
-    # pg row 0 = −(20·−1 + 21·−2.5) = 72.5; row 1 = −(−20·−1 + −21·−2) = −62  → mean 5.25
+    # pg row 0 = −(20·−1 + 11·−2.5) = 47.5; row 1 = −(−20·−1 + −11·−2) = −42  → mean 2.75
     # KL row 0 = 0.1487212707, row 1 = 0.0187307531 + 0.0214027582 = 0.0401335113
-    close(loss, (72.5 + 0.01 * 0.1487212707 - 62.0 + 0.01 * 0.0401335113) / 2)  # 5.2509442739
-    assert stats["pg_loss"] == pytest.approx(5.25)
+    close(loss, (47.5 + 0.01 * 0.1487212707 - 42.0 + 0.01 * 0.0401335113) / 2)  # 2.7509442739
+    assert stats["pg_loss"] == pytest.approx(2.75)
     assert stats["shaped_reward_turn2"] == pytest.approx(0.5)
     assert stats["reward_turn1"] == pytest.approx(0.5)
     assert stats["reward_turn2"] == pytest.approx(0.5)
@@ -183,8 +184,66 @@ def test_stage2_loss_value_and_stats() -> None:
     loss.backward()
     # turn-1 token of row 0: credited with A1 = 20 → 0.5·(−20 + 0.01·0) = −10
     close(logp.grad[0, 0], -10.0)
-    # turn-2 token of row 1: 0.5·(+21 + 0.01·(1 − e^0)) = 10.5
-    close(logp.grad[1, 1], 10.5)
+    # turn-2 token of row 1: 0.5·(+11 + 0.01·(1 − e^0)) = 5.5
+    close(logp.grad[1, 1], 5.5)
+
+
+def test_stage2_right_then_right_second_attempt_is_not_penalised() -> None:
+    """G=2: r1=[1,0], r2=[1,1] (right→right next to wrong→right), α=10, no KL.
+    Turn 2's return with −α·r1 removed is 11·r2 = [11, 11] → A2 = LOO = [0, 0]: both second
+    attempts were right and neither is pushed down. (Left in the group baseline, r̂2 = [1, 11]
+    gave A2 = [−10, +10]: the right→right second attempt made less likely.)"""
+    logp = torch.tensor([[-1.0, -2.0], [-3.0, -4.0]], dtype=torch.float64, requires_grad=True)
+    m1, m2 = t([[1, 0], [1, 0]]), t([[0, 1], [0, 1]])
+    loss, _ = stage2_loss(logp, logp.detach(), logp, logp.detach(), m1, m2, t([1.0, 0.0]),
+                          t([1.0, 1.0]), alpha=10.0, beta1=0.0, group_size=2,
+                          bonus_on_turn1=False)
+    loss.backward()
+    close(logp.grad[:, 1], [0.0, 0.0])
+    # turn 1 still learns from r1 + r2 = [2, 1]: A1 = [1, −1] → grad −A1/B = [−0.5, 0.5]
+    close(logp.grad[:, 0], [-0.5, 0.5])
+
+
+def test_stage2_turn2_advantage_is_the_bonus_scaled_reward_minus_its_baseline() -> None:
+    """G=4, α=10, mean baseline: r1 = [1, 1, 0, 0], r2 = [1, 0, 1, 0].
+    11·r2 = [11, 0, 11, 0] → mean 5.5 → A2 = [5.5, −5.5, 5.5, −5.5]; turn-2 tokens have
+    log-prob sum −1 each, so pg2 = −A2·(−1) = A2 → mean 0; gradient on each turn-2 token
+    −A2/B = [−1.375, 1.375, −1.375, 1.375]. With term_scale="std" A2 is divided by its
+    population std 5.5 (+1e-6): gradient ±0.25·5.5/(5.5 + 1e-6)."""
+    lp = [[-1.0, -1.0]] * 4
+    m1, m2 = t([[1, 0]] * 4), t([[0, 1]] * 4)
+    r1, r2 = t([1.0, 1.0, 0.0, 0.0]), t([1.0, 0.0, 1.0, 0.0])
+    for scale, factor in (("none", 1.0), ("std", 1 / (5.5 + 1e-6))):
+        logp = t(lp).requires_grad_()
+        loss, _ = stage2_loss(logp, logp.detach(), logp, logp.detach(), m1, m2, r1, r2,
+                              alpha=10.0, beta1=0.0, baseline="mean", group_size=4,
+                              bonus_on_turn1=False, term_scale=scale)
+        loss.backward()
+        close(logp.grad[:, 1], [-1.375 * factor, 1.375 * factor, -1.375 * factor,
+                                1.375 * factor], tol=1e-9)
+
+
+def test_term_scale_std_balances_the_two_turns() -> None:
+    """G=2, α=10, LOO, bonus_on_turn1=False; r1 = [0, 1], r2 = [1, 1] → A1 = LOO(r1 + r2 =
+    [1, 2]) = [−1, 1]; A2 = LOO(11·r2) = [0, 0]. Second group r1 = [0, 0], r2 = [1, 0] →
+    A1 = LOO([1, 0]) = [1, −1], A2 = LOO([11, 0]) = [11, −11].
+    Raw: turn-1 |A| mean 1, turn-2 |A| mean 5.5 (11× on the rows that carry it).
+    std: A1 / std([−1, 1, 1, −1]) = A1 / 1; A2 / std([0, 0, 11, −11]) = A2 / √60.5 = 7.7782."""
+    logp = t([[-1.0, -1.0]] * 4).requires_grad_()
+    m1, m2 = t([[1, 0]] * 4), t([[0, 1]] * 4)
+    r1, r2 = t([0.0, 1.0, 0.0, 0.0]), t([1.0, 1.0, 1.0, 0.0])
+    parts: dict = {}
+    loss, _ = stage2_loss(logp, logp.detach(), logp, logp.detach(), m1, m2, r1, r2,
+                          alpha=10.0, beta1=0.0, group_size=2, bonus_on_turn1=False,
+                          term_scale="std", terms_out=parts)
+    loss.backward()
+    s2 = math.sqrt(60.5) + 1e-6
+    s1 = 1.0 + 1e-6
+    close(logp.grad[:, 0], [1 / s1 / 4, -1 / s1 / 4, -1 / s1 / 4, 1 / s1 / 4], tol=1e-9)
+    close(logp.grad[:, 1], [0.0, 0.0, -11 / s2 / 4, 11 / s2 / 4], tol=1e-9)
+    # the parts sum to the loss; each is the mean over episodes of one turn's terms
+    close(parts["turn1"] + parts["turn2"], loss.detach())
+    close(parts["turn1"], (-1 + 1 + 1 - 1) / s1 / 4 * 1.0, tol=1e-9)
 
 
 def test_stage_losses_reject_mismatched_shapes() -> None:
@@ -287,10 +346,10 @@ def test_one_sgd_step_raises_the_rewarded_sequence(objective: str) -> None:
 
 
 def test_stage2_bonus_credit_of_turn1_by_hand() -> None:
-    """G=2: r1=[1,0], r2=[1,1], α=10 → r̂2=[1,11]; A2=LOO(r̂2)=[-10,10].
+    """G=2: r1=[1,0], r2=[1,1], α=10 → r̂2=[1,11]; A2=LOO(11·r2=[11,11])=[0,0].
     bonus_on_turn1: A1=LOO(r1+r̂2=[2,11])=[-9,9]; without: A1=LOO(r1+r2=[2,1])=[1,-1].
     Σlogp turn1=[-1,-3], turn2=[-2,-4], KL=0 (ref=logp).
-    with bonus: pg=[-(9+20), -(-27-40)]=[-29,67] → 19; without: [-(-1+20), -(3-40)]=[-19,37] → 9."""
+    with bonus: pg=[-(9), -(-27)]=[-9,27] → 9; without: [-(-1), -(3)]=[1,-3] → -1."""
     import torch
 
     logp = torch.tensor([[-1.0, -2.0], [-3.0, -4.0]])
@@ -300,5 +359,20 @@ def test_stage2_bonus_credit_of_turn1_by_hand() -> None:
     kw = {"alpha": 10.0, "beta1": 0.0, "baseline": "loo", "group_size": 2}
     with_bonus, _ = stage2_loss(logp, logp, logp, logp, m1, m2, r1, r2, **kw)
     without, _ = stage2_loss(logp, logp, logp, logp, m1, m2, r1, r2, bonus_on_turn1=False, **kw)
-    assert with_bonus.item() == pytest.approx(19.0)
-    assert without.item() == pytest.approx(9.0)
+    assert with_bonus.item() == pytest.approx(9.0)
+    assert without.item() == pytest.approx(-1.0)
+
+
+def test_stage1_term_scale_and_parts() -> None:
+    """Stage I, G=2, LOO: r2 = [1, 0] → A2 = [1, −1], population std 1 → unchanged by "std"
+    (up to eps); the turn-1 part is the β2 KL only."""
+    logp = t(LOGP).requires_grad_()
+    parts: dict = {}
+    loss, _ = stage1_loss(logp, t(REF), logp, t(REF), t(MASK1), t(MASK2), t([1.0, 0.0]),
+                          beta1=0.01, beta2=0.1, group_size=2, term_scale="std",
+                          terms_out=parts)
+    close(parts["turn1"], 0.1 * K3_ROW1_T0 / 2, tol=1e-9)
+    close(parts["turn1"] + parts["turn2"], loss.detach())
+    # turn-2 row 0: 0.5·(−1/(1+1e-6) − 0.01·0.6487212707)
+    loss.backward()
+    close(logp.grad[0, 1], 0.5 * (-1 / (1 + 1e-6) - 0.01 * 0.6487212707), tol=1e-9)

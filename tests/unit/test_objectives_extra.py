@@ -177,3 +177,28 @@ def test_cory_loss_kl_and_group_checks() -> None:
     with pytest.raises(ValueError, match="group_size"):
         cory_loss(lp, None, t([[1], [1]]), lp, None, t([[1], [1]]), t([1.0, 0.0]),
                   t([1.0, 0.0]), group_size=3)
+
+
+def test_layer2_groups_keep_the_verified_correction_with_its_variations() -> None:
+    from scoreops.algorithms.mgrpo import assemble_layer2_groups
+
+    # layer-1 answers 0..3; probe corrections c0..c3 with rewards [1, 0, 1, 0] -> kept [0, 2];
+    # H = 2 variations each: v0a v0b for 0 (rewards 0, 1), v2a v2b for 2 (rewards 1, 1)
+    kept = select_corrections([1.0, 0.0, 1.0, 0.0])
+    samples, rewards, size = assemble_layer2_groups(
+        kept, ["c0", "c1", "c2", "c3"], [1.0, 0.0, 1.0, 0.0], ["v0a", "v0b", "v2a", "v2b"],
+        [0.0, 1.0, 1.0, 1.0], variations_per_group=2)
+    assert samples == ["c0", "v0a", "v0b", "c2", "v2a", "v2b"] and size == 3
+    assert rewards == [1.0, 0.0, 1.0, 1.0, 1.0, 1.0]
+    # group [1, 0, 1]: mean 2/3, Bessel std 0.5773502692: the verified correction gets
+    # +(1/3)/0.57735 = +0.5773492692 (it is reinforced); the all-right group gets 0
+    adv = layer2_advantages(t(rewards).reshape(-1, size))
+    s = math.sqrt(1 / 3) + 1e-6
+    close(adv, [(1 / 3) / s, -(2 / 3) / s, (1 / 3) / s, 0.0, 0.0, 0.0], tol=1e-9)
+    # the H-variations-only form (keepSelected: false): group [0, 1] and [1, 1]
+    samples, rewards, size = assemble_layer2_groups(
+        kept, ["c0", "c1", "c2", "c3"], [1.0, 0.0, 1.0, 0.0], ["v0a", "v0b", "v2a", "v2b"],
+        [0.0, 1.0, 1.0, 1.0], variations_per_group=2, keep_selected=False)
+    assert samples == ["v0a", "v0b", "v2a", "v2b"] and size == 2
+    with pytest.raises(ValueError, match="variations"):
+        assemble_layer2_groups([0], ["c0"], [1.0], ["v"], [1.0], variations_per_group=2)

@@ -81,3 +81,27 @@ def test_line_chart_is_a_png() -> None:
     w, h = _png_size(line_chart({"reward": [(0, 0.1), (1, 0.4), (2, 0.5)], "empty": []},
                                 title="training", xlabel="step"))
     assert w > 100 and h > 100
+
+
+def test_what_it_shows_calls_an_accuracy_gain_with_delta_zero_what_it_is() -> None:
+    from scoreops.metrics import correction_metrics
+    from scoreops.training.evaluation import EvalResult
+    from scoreops.training.report import what_it_shows
+
+    # base: 30 of 60 right first, 3 more fixed by the second attempt; trained: 56 of 60 at
+    # both turns (the demo's 0.933 / 0.933)
+    base = [[True, True]] * 30 + [[False, True]] * 3 + [[False, False]] * 27
+    trained = [[True, True]] * 56 + [[False, False]] * 4
+    evals = {"base": EvalResult(correction_metrics(base), []),
+             "trained": EvalResult(correction_metrics(trained), [])}
+    text = " ".join(what_it_shows(evals))
+    assert "0.500 before, 0.933 after" in text
+    assert "No correction gain shown: Δ(t1,t2) = +0.000" in text
+    assert "accuracy gain, not self-correction" in text
+    # a real correction gain: 20 of 60 fixed, none broken, first attempt as the base's
+    fixed = [[True, True]] * 30 + [[False, True]] * 20 + [[False, False]] * 10
+    evals["trained"] = EvalResult(correction_metrics(fixed), [])
+    text = " ".join(what_it_shows(evals))
+    assert "Correction gain: the second attempt adds Δ = +0.333" in text
+    assert "20 of 60 items wrong -> right, 0 right -> wrong" in text
+    assert "not self-correction" not in text

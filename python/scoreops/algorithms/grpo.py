@@ -4,8 +4,14 @@ Per token t of sequence i, with ``ρ = exp(logp − old_logp)`` and sequence adv
 
     ℓ_{i,t} = −min(ρ·A_i, clip(ρ, 1−ε, 1+ε)·A_i) + β · k(logp, ref_logp)
 
-``old_logp`` are the log-probs of the policy that sampled the tokens; with a single update per
-batch they equal ``logp.detach()`` and ρ ≡ 1 (the gradient is then the plain policy gradient).
+``old_logp`` are the log-probs of the policy that sampled the tokens. scoreops makes one
+optimiser step per batch of rollouts (one epoch, no mini-batch reuse), so they equal
+``logp.detach()`` (``old_logp=None``): ρ ≡ 1 in value, the clip never binds, and the gradient
+of the surrogate is exactly the policy gradient ``−A_i·∇log π(y_t)`` per token (ρ's gradient
+is ``∇log π`` at ρ = 1), aggregated as below, plus ``β·∇k``. The clip only acts when a caller
+passes log-probs of an older policy (several updates per batch). Both ``logp`` and
+``old_logp`` are taken at the sampling temperature (see
+:func:`scoreops.training.algorithms.policy_loss`).
 
 Aggregation over tokens:
 

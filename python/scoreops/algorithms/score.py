@@ -25,12 +25,28 @@ Choices, made explicit:
   attempt at the base model's distribution — the point of stage I is to learn to correct
   base-model first attempts without collapsing the first attempt onto the second.
 * **Stage II** maximises ``r1 + r̂2 − β1·(KL_turn1 + KL_turn2)`` with the shaped turn-2 reward
-  ``r̂2 = r2 + α·(r2 − r1)``. This is REINFORCE with return-to-go: turn-1 tokens are credited
-  with the return of both turns ``r1 + r̂2 = (1−α)·r1 + (1+α)·r2`` (the first attempt influences
-  both rewards), turn-2 tokens with ``r̂2`` (the second attempt cannot change ``r1``). This is
-  the exact policy gradient of the stated objective. Note what shaping implies for turn 1 when
-  α > 1: a right-then-wrong episode gets a negative turn-1 return, a wrong-then-right one the
-  largest — the bonus rewards *flipping* to correct, and β1 keeps turn 1 close to the base.
+  ``r̂2 = r2 + α·(r2 − r1) = (1+α)·r2 − α·r1``. Turn-2 tokens are credited with ``r̂2`` minus a
+  baseline. The term ``−α·r1`` is fixed once turn 2's prompt ``x2 = x ⊕ y1 ⊕ instruction`` is
+  known, so it is a per-episode baseline of turn 2 (it does not depend on ``y2``) and is
+  subtracted *before* the group baseline: turn 2's advantage is ``baseline((1+α)·r2)``. Its
+  expectation is the exact turn-2 gradient of ``E[r̂2]``; left in, ``−α·r1`` would enter the
+  group baseline shared by episodes whose first answers differ and give, e.g., a
+  right→right second attempt an advantage of −α next to a wrong→right one (pure variance).
+  Turn-1 tokens are credited according to ``bonus_on_turn1`` (see :func:`stage2_loss`).
+* **Per-term advantage scale** (``term_scale``). The two policy-gradient terms differ in scale
+  by about ``1+α`` (turn 2 carries the bonus), so under gradient clipping and AdamW the
+  turn-2 term dominated the update and turn 1 got almost none. ``term_scale="std"`` divides
+  each turn's advantages by their standard deviation over the batch (``+ 1e-6``; a term whose
+  advantages are all zero stays zero). The gradient is then
+  ``(1/σ1)·∇J1 + (1/σ2)·∇J2`` — a positive reweighting of the two terms' exact gradients
+  (``J1``: the return credited to turn 1, ``J2``: E[r̂2] through turn 2), each with unit
+  advantage scale; the KL terms are not rescaled. ``"none"`` keeps the raw advantages.
+  Not chosen: per-turn token-mean normalisation (each turn's log-prob sum divided by its
+  length, the gradient of a length-normalised objective) leaves the ``1+α`` ratio in place
+  when both turns are about as long, which is the common case; rescaling each term's
+  *parameter* gradient to a common norm balances exactly but needs a backward pass per term.
+  The per-turn gradient norms can be logged every step (``termGradNorms``, see
+  :func:`scoreops.training.algorithms.backward_micro_batches`).
 """
 
 from __future__ import annotations
@@ -44,8 +60,10 @@ if TYPE_CHECKING:
     import torch
 
 Baseline = Literal["loo", "mean", "none"]
+TermScale = Literal["none", "std"]
 
-__all__ = ["Baseline", "shaped_turn2_reward", "stage1_loss", "stage2_loss"]
+__all__ = ["Baseline", "TermScale", "scale_term", "shaped_turn2_reward", "stage1_loss",
+           "stage2_loss"]
 
 
 def shaped_turn2_reward(
@@ -73,6 +91,22 @@ def _advantages(returns: torch.Tensor, group_size: int, baseline: Baseline) -> t
     if baseline == "loo":
         return leave_one_out(grouped).reshape(-1)
     raise ValueError(f"unknown baseline {baseline!r}; expected 'loo', 'mean' or 'none'")
+
+
+def scale_term(advantages: torch.Tensor, term_scale: TermScale, eps: float = 1e-6) -> torch.Tensor:
+    """One policy-gradient term's advantages ``[B]`` after ``term_scale``: unchanged for
+    ``"none"``; for ``"std"`` divided by ``σ + eps``, σ their population standard deviation
+    over the batch. Advantages with no spread (all equal, or fewer than two) are unchanged."""
+    if term_scale == "none":
+        return advantages
+    if term_scale != "std":
+        raise ValueError(f"unknown term_scale {term_scale!r}; expected 'none' or 'std'")
+    if advantages.numel() < 2:
+        return advantages
+    std = advantages.std(unbiased=False)
+    if float(std) == 0.0:
+        return advantages
+    return advantages / (std + eps)
 
 
 def _masked_sum(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -110,12 +144,16 @@ def stage1_loss(
     kl_estimator: KLEstimator = "k3",
     group_size: int,
     r1: torch.Tensor | None = None,
+    term_scale: TermScale = "none",
+    terms_out: dict[str, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """SCoRe stage I loss (to minimise)::
 
         L = mean_b[ −A2_b · Σ_{t∈turn2} log π  +  β2 · Σ_{t∈turn1} KL_t  +  β1 · Σ_{t∈turn2} KL_t ]
 
-    with ``A2 = baseline(r2)`` over each group of ``group_size`` samples of a prompt.
+    with ``A2 = scale_term(baseline(r2))`` over each group of ``group_size`` samples of a
+    prompt. Its gradient is the REINFORCE estimate of ``∇E[r2]`` through the turn-2 tokens
+    only (times ``1/σ(A2)`` with ``term_scale="std"``) plus the KL gradients.
 
     Args:
         logp1, logp2: policy log-probs ``[B, T]`` (with gradient); masks select each turn's tokens.
@@ -123,6 +161,10 @@ def stage1_loss(
         mask1, mask2: ``[B, T]`` 0/1 (bool or float) masks of the turn-1 / turn-2 tokens.
         r2: turn-2 rewards ``[B]``.
         r1: optional turn-1 rewards ``[B]``, used only for the ``reward_turn1`` statistic.
+        term_scale: ``"std"`` divides the advantages by their batch standard deviation.
+        terms_out: when given, filled with ``"turn1"`` and ``"turn2"``: the loss split by the
+            tokens it differentiates (``mean_b[β2·KL_turn1]`` and
+            ``mean_b[−A2·Σ log π + β1·KL_turn2]``; they sum to ``L``).
 
     Returns:
         ``(loss, stats)``; stats are floats: ``loss``, ``pg_loss``, ``kl_turn1``, ``kl_turn2``
@@ -133,11 +175,14 @@ def stage1_loss(
         logp1=logp1, ref_logp1=ref_logp1, logp2=logp2, ref_logp2=ref_logp2,
         mask1=mask1, mask2=mask2,
     )
-    adv2 = _advantages(r2.to(logp2.dtype), group_size, baseline)
+    adv2 = scale_term(_advantages(r2.to(logp2.dtype), group_size, baseline), term_scale)
     _, kl1 = _turn_terms(logp1, ref_logp1, mask1, kl_estimator)
     seq2, kl2 = _turn_terms(logp2, ref_logp2, mask2, kl_estimator)
     pg = -(adv2.detach() * seq2)
     loss = (pg + beta2 * kl1 + beta1 * kl2).mean()
+    if terms_out is not None:
+        terms_out["turn1"] = (beta2 * kl1).mean()
+        terms_out["turn2"] = (pg + beta1 * kl2).mean()
     stats = {
         "loss": loss.item(),
         "pg_loss": pg.mean().item(),
@@ -169,19 +214,33 @@ def stage2_loss(
     kl_estimator: KLEstimator = "k3",
     group_size: int,
     bonus_on_turn1: bool = True,
+    term_scale: TermScale = "none",
+    terms_out: dict[str, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """SCoRe stage II loss (to minimise)::
 
         r̂2 = r2 + α·(r2 − r1)
-        A1 = baseline(r1 + r̂2),  A2 = baseline(r̂2)      (bonus_on_turn1=True)
-        A1 = baseline(r1 + r2)                          (bonus_on_turn1=False)
+        A2 = S(baseline((1+α)·r2))           (r̂2 with its per-episode part −α·r1 removed)
+        A1 = S(baseline(r1 + r̂2))            (bonus_on_turn1=True)
+        A1 = S(baseline(r1 + r2))            (bonus_on_turn1=False)
         L  = mean_b[ −A1_b · Σ_{turn1} log π − A2_b · Σ_{turn2} log π
                      + β1 · (Σ_{turn1} KL_t + Σ_{turn2} KL_t) ]
 
-    Arguments as in :func:`stage1_loss`, plus turn-1 rewards ``r1 [B]`` and the shaping ``alpha``.
-    ``bonus_on_turn1=False`` credits the first attempt with the unshaped return ``r1 + r2``:
-    the bonus then shapes only the correction, and no longer pays the first attempt for
-    being wrong (which, with α > 1, the exact return-to-go gradient does).
+    ``S`` is :func:`scale_term` with ``term_scale``. The gradient each option computes:
+
+    * turn-2 tokens (both options): the REINFORCE estimate of ``∇E[r̂2]`` through ``y2``
+      with turn 1 held fixed; ``−α·r1`` is a function of turn 2's prompt and is removed per
+      episode before the group baseline (same expectation, less variance).
+    * ``bonus_on_turn1=True``: turn-1 tokens get the return-to-go ``(1−α)·r1 + (1+α)·r2``,
+      so the sum is the exact policy gradient of ``E[r1 + r̂2]``; with α > 1 it pays a wrong
+      first attempt that gets corrected more than a right one.
+    * ``bonus_on_turn1=False`` (the ScoreRun default): turn-1 tokens get ``r1 + r2``, the
+      exact gradient of ``E[r1 + r2]`` through ``y1``; the bonus acts only through ``y2``.
+      The sum is then not the gradient of one objective, but each part is exact for its own.
+
+    Arguments as in :func:`stage1_loss`, plus turn-1 rewards ``r1 [B]`` and the shaping
+    ``alpha``; ``terms_out`` is filled with ``"turn1"`` (``mean_b[−A1·Σ log π + β1·KL_turn1]``)
+    and ``"turn2"`` (the same for turn 2).
 
     Returns:
         ``(loss, stats)``; stats: ``loss``, ``pg_loss``, ``kl_turn1``, ``kl_turn2``,
@@ -194,12 +253,18 @@ def stage2_loss(
     )
     r1f, r2f = r1.to(logp1.dtype), r2.to(logp2.dtype)
     shaped = shaped_turn2_reward(r1f, r2f, alpha)
-    adv1 = _advantages(r1f + (shaped if bonus_on_turn1 else r2f), group_size, baseline)
-    adv2 = _advantages(shaped, group_size, baseline)
+    adv1 = scale_term(_advantages(r1f + (shaped if bonus_on_turn1 else r2f), group_size,
+                                  baseline), term_scale)
+    # r̂2 + α·r1 = (1+α)·r2: the per-episode part of r̂2 that turn 2 cannot change is removed
+    adv2 = scale_term(_advantages(shaped + alpha * r1f, group_size, baseline), term_scale)
     seq1, kl1 = _turn_terms(logp1, ref_logp1, mask1, kl_estimator)
     seq2, kl2 = _turn_terms(logp2, ref_logp2, mask2, kl_estimator)
-    pg = -(adv1.detach() * seq1 + adv2.detach() * seq2)
+    pg1, pg2 = -(adv1.detach() * seq1), -(adv2.detach() * seq2)
+    pg = pg1 + pg2
     loss = (pg + beta1 * (kl1 + kl2)).mean()
+    if terms_out is not None:
+        terms_out["turn1"] = (pg1 + beta1 * kl1).mean()
+        terms_out["turn2"] = (pg2 + beta1 * kl2).mean()
     stats = {
         "loss": loss.item(),
         "pg_loss": pg.mean().item(),

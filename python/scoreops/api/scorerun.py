@@ -25,14 +25,15 @@ from scoreops.api.common import (
 
 KLEstimator = Literal["k1", "k2", "k3"]
 
+# The guide phrases of the MGRPO paper (Ding et al., 2025, Section 3), verbatim.
 MGRPO_GUIDE_PHRASES = [
-    "Wait, let me recheck my solution.",
-    "Hold on, I should double-check the calculation above.",
-    "Let me verify each step of the solution again.",
-    "Hmm, I might have made a mistake. Let me review the reasoning.",
-    "Before finalizing, let me re-examine the steps for errors.",
-    "Let me carefully go through the solution once more to make sure it is correct.",
-    "Wait, is that right? Let me check again step by step.",
+    "Where might I have gone wrong this time? Let me double-check carefully.",
+    "Wait, let me double-check that.",
+    "Wait a minute, let me make sure I didn't make a mistake.",
+    "Hmm, let me think if there's another way to approach this problem.",
+    "Wait, maybe I can think about it like this:",
+    "Another thought: maybe I can",
+    "But wait, let me just make sure I didn't miss anything in the original problem.",
 ]
 
 
@@ -109,6 +110,23 @@ class ScoreConfig(ApiModel):
             "the unshaped r1 + r2 and the bonus shapes only the correction."
         ),
     )
+    term_scale: Literal["none", "std"] = Field(
+        "std",
+        description=(
+            "Scale of each turn's policy-gradient term: std divides each turn's advantages by "
+            "their standard deviation over the batch, so the turn-2 term (which carries the "
+            "alpha bonus) does not swamp the turn-1 term under gradient clipping; none keeps "
+            "the raw advantages."
+        ),
+    )
+    term_grad_norms: bool = Field(
+        False,
+        description=(
+            "Log the gradient norm of each turn's part of the loss every step "
+            "(grad_norm_turn1, grad_norm_turn2; one extra backward per micro-batch; "
+            "not under DeepSpeed)."
+        ),
+    )
 
     @model_validator(mode="after")
     def _some_steps(self) -> ScoreConfig:
@@ -137,10 +155,29 @@ class MGRPOConfig(ApiModel):
     guide_phrases: list[str] = Field(
         default_factory=lambda: list(MGRPO_GUIDE_PHRASES),
         min_length=1,
-        description="Pool of phrases appended after a layer-1 answer to invite a correction.",
+        description=(
+            "Pool of phrases appended after a layer-1 answer to invite a correction "
+            "(default: the paper's seven)."
+        ),
+    )
+    guide_form: Literal["same-turn", "user-turn"] = Field(
+        "same-turn",
+        description=(
+            "same-turn (the paper's): the phrase continues the model's own answer in the same "
+            "assistant turn, q' = q + o + phrase; user-turn: the phrase is sent as a new user "
+            "message after the answer."
+        ),
     )
     variations: int = Field(
         2, ge=1, le=16, description="H: variations generated of each kept correction."
+    )
+    keep_selected: bool = Field(
+        True,
+        description=(
+            "Layer 2 trains each kept prompt on its verified correction together with the H "
+            "fresh variations (a group of H+1), so the correction that selected the prompt is "
+            "reinforced; false trains on the H variations only."
+        ),
     )
 
 
@@ -221,6 +258,14 @@ class RolloutSpec(ApiModel):
     correction_instruction: str = Field(
         DEFAULT_CORRECTION_INSTRUCTION, min_length=1,
         description="Appended after the first attempt to ask for a revision.",
+    )
+    feedback: Literal["none", "oracle"] = Field(
+        "none",
+        description=(
+            "oracle: the message before each later attempt starts by saying whether the "
+            "previous attempt was right, from the verifier (extrinsic feedback: a positive "
+            "control that bounds what a second attempt can gain, not self-correction)."
+        ),
     )
     system_prompt: str | None = Field(None, description="Optional system message.")
     gpu_memory_utilization: float = Field(

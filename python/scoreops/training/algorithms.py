@@ -95,7 +95,10 @@ def sample_episodes(
     instruction: str | None = None,
     temperature: float | None = None,
 ) -> Rollout:
-    """``n`` ``turns``-turn episodes per question, each turn scored by the run's verifier."""
+    """``n`` ``turns``-turn episodes per question, each turn scored by the run's verifier.
+
+    With ``rollout.feedback: oracle`` every later turn's message is
+    :func:`oracle_message` of the previous turn's verdict (extrinsic feedback)."""
     from scoreops.rollout import SamplingParams, run_episodes
 
     ro = ctx.spec.rollout
@@ -107,19 +110,52 @@ def sample_episodes(
         seed=seed,
     )
     start = time.perf_counter()
+    oracle = ro.feedback == "oracle"
     episodes = run_episodes(
         ctx.engine,
         list(questions),
         instruction=instruction or ro.correction_instruction,
-        turns=turns,
+        turns=1 if oracle else turns,
         params=params,
         system_prompt=ro.system_prompt,
     )
-    seconds = time.perf_counter() - start
     ep_items = [items[ep.question_index] for ep in episodes]
+    if oracle:
+        episodes = oracle_turns(ctx.engine, episodes, ep_items, ctx.verifier,
+                                instruction or ro.correction_instruction, turns, params)
+    seconds = time.perf_counter() - start
     rewards = [[ctx.verifier(t.text, item) for t in ep.turns] for ep, item in zip(episodes, ep_items, strict=True)]
     tokens = sum(len(t.completion.token_ids) for ep in episodes for t in ep.turns)
     return Rollout(list(episodes), ep_items, rewards, tokens, seconds, device=ctx.device)
+
+
+ORACLE_WRONG = "Your previous answer is incorrect."
+ORACLE_RIGHT = "Your previous answer is correct."
+
+
+def oracle_message(correct: bool, instruction: str) -> str:
+    """The message before a later attempt under oracle feedback: the verifier's verdict on
+    the previous attempt, then the correction instruction."""
+    return f"{ORACLE_RIGHT if correct else ORACLE_WRONG} {instruction}"
+
+
+def oracle_turns(engine: Any, episodes: list[Episode], items: Sequence[Item], verifier: Any,
+                 instruction: str, turns: int, params: Any) -> list[Episode]:
+    """Continue one-turn ``episodes`` to ``turns`` turns, each later turn answering
+    :func:`oracle_message` of the verifier's verdict on the turn before (one continuation
+    per episode, order kept)."""
+    import dataclasses
+
+    from scoreops.training.mgrpo import extend_episodes
+
+    for t in range(1, turns):
+        verdicts = [verifier(ep.turns[-1].text, item) >= 0.5
+                    for ep, item in zip(episodes, items, strict=True)]
+        seed = None if params.seed is None else params.seed + 1_000_003 * t
+        episodes = extend_episodes(engine, episodes,
+                                   [oracle_message(v, instruction) for v in verdicts],
+                                   dataclasses.replace(params, n=1, seed=seed))
+    return episodes
 
 
 def micro_batch_rows(ctx: StepContext, group_size: int) -> int:
@@ -131,7 +167,9 @@ def micro_batch_rows(ctx: StepContext, group_size: int) -> int:
 
 LossFn = Callable[["slice", "TrainingBatch", "torch.Tensor", "torch.Tensor"],
                   tuple["torch.Tensor", dict[str, float]]]
-"""``loss_fn(rows, micro_batch, logp, ref_logp)`` → the micro-batch's mean loss, statistics."""
+"""``loss_fn(rows, micro_batch, logp, ref_logp)`` → the micro-batch's mean loss, statistics.
+It may return a third element, ``{name: tensor}``: the loss split into parts that sum to it
+(e.g. by turn), whose gradient norms :func:`backward_micro_batches` can log."""
 MicroLoss = Callable[["slice", "TrainingBatch"], tuple["torch.Tensor", dict[str, float]]]
 """``loss(rows, micro_batch)`` → the micro-batch's mean loss and statistics (does its own
 forward passes through ``ctx.trainable``)."""
@@ -159,18 +197,27 @@ class LossTerm:
         return -(-self.rows // max(1, self.rows_per_micro))
 
 
-def policy_loss(ctx: StepContext, loss_fn: LossFn) -> MicroLoss:
+def policy_loss(ctx: StepContext, loss_fn: LossFn, *,
+                temperature: float | None = None) -> MicroLoss:
     """A :data:`MicroLoss` from a loss on the policy's and the reference's token log-probs
-    (the policy's own, detached, when the run has no reference model)."""
+    (the policy's own, detached, when the run has no reference model).
+
+    Both are computed at ``temperature``, by default the rollout's sampling temperature (as
+    TRL does): the logits are divided by it, so ``log π`` is the log-probability under the
+    distribution the tokens were sampled from, and the policy gradient and the KL to the
+    reference both refer to that distribution. Supervised losses (STaR) pass 1.0."""
     import torch
 
     from scoreops.rollout import sequence_token_logprobs
 
+    temp = ctx.spec.rollout.temperature if temperature is None else temperature
+
     def compute(rows: slice, mb: TrainingBatch) -> tuple[torch.Tensor, dict[str, float]]:
-        logp = sequence_token_logprobs(ctx.trainable, mb, fused_head=ctx.fused_head)
+        logp = sequence_token_logprobs(ctx.trainable, mb, fused_head=ctx.fused_head,
+                                       temperature=temp)
         if ctx.reference is not None:
             with torch.no_grad():
-                ref = sequence_token_logprobs(ctx.reference, mb)
+                ref = sequence_token_logprobs(ctx.reference, mb, temperature=temp)
         else:
             ref = logp.detach()
         return loss_fn(rows, mb, logp, ref)
@@ -178,7 +225,8 @@ def policy_loss(ctx: StepContext, loss_fn: LossFn) -> MicroLoss:
     return compute
 
 
-def backward_micro_batches(ctx: StepContext, terms: Sequence[LossTerm]) -> dict[str, float]:
+def backward_micro_batches(ctx: StepContext, terms: Sequence[LossTerm], *,
+                           part_grad_norms: bool = False) -> dict[str, float]:
     """Backward every term over micro-batches; gradients and statistics equal those of the sum
     of the terms' global-batch means.
 
@@ -188,6 +236,13 @@ def backward_micro_batches(ctx: StepContext, terms: Sequence[LossTerm]) -> dict[
     ranks keep different numbers of rows (MGRPO layer 2, STaR). Where the backend reduces
     inside every backward (DeepSpeed ZeRO-2/3) ranks with fewer micro-batches run zero-weight
     ones until all ran the same number (at least one).
+
+    With ``part_grad_norms`` (one process, plain torch backend), a loss that returns its
+    parts (see :data:`LossFn`) gets ``grad_norm_<part>`` logged: the L2 norm over all
+    trainable parameters of that part's gradient summed over the step's micro-batches, with
+    the same weights as the update, before clipping (the parts' gradients sum to the
+    gradient the optimiser receives). Every part but the last costs one extra backward per
+    micro-batch (``torch.autograd.grad``); the last is the accumulated gradient minus them.
     """
     from scoreops.rollout.vllm import release_generation_memory
     from scoreops.training.distributed import all_reduce_ints
@@ -200,6 +255,7 @@ def backward_micro_batches(ctx: StepContext, terms: Sequence[LossTerm]) -> dict[
     totals = all_reduce_ints([t.rows for t in terms])  # the values themselves in one process
     stats: dict[str, float] = {}
     done = 0
+    probe = _PartGradients(ctx) if part_grad_norms and _part_norms_supported(ctx) else None
     for term, total in zip(terms, totals, strict=True):
         if term.batch is None or total == 0:
             continue
@@ -208,8 +264,10 @@ def backward_micro_batches(ctx: StepContext, terms: Sequence[LossTerm]) -> dict[
             # once per micro-batch: the batch is built on the host, the policy may be on a GPU
             mb = term.batch.select(rows).to(ctx.device)
             with backend.autocast():
-                loss, st = term.loss(rows, mb)
+                loss, st, *rest = term.loss(rows, mb)
             share = len(mb) * world / total
+            if probe is not None and rest:
+                probe.add(rest[0], share)
             backend.backward(loss * share)
             done += 1
             for k, v in st.items():
@@ -218,7 +276,59 @@ def backward_micro_batches(ctx: StepContext, terms: Sequence[LossTerm]) -> dict[
         target = max(1, all_reduce_ints([done], op="max")[0])
         for _ in range(target - done):
             _idle_backward(ctx)
+    if probe is not None:
+        stats.update(probe.norms())
     return stats
+
+
+def _part_norms_supported(ctx: StepContext) -> bool:
+    from scoreops.training.backend import TorchBackend
+
+    return isinstance(ctx.backend, TorchBackend) and not ctx.dist.distributed
+
+
+class _PartGradients:
+    """Per-part gradients of a step's loss (see ``part_grad_norms`` of
+    :func:`backward_micro_batches`)."""
+
+    def __init__(self, ctx: StepContext) -> None:
+        self.params = [p for p in ctx.policy.parameters() if p.requires_grad]
+        self.sums: dict[str, list[torch.Tensor | None]] = {}
+        self.last: str | None = None
+
+    def add(self, parts: dict[str, torch.Tensor], share: float) -> None:
+        import torch
+
+        names = list(parts)
+        self.last = names[-1]
+        for name in names[:-1]:
+            grads = torch.autograd.grad(parts[name] * share, self.params, retain_graph=True,
+                                        allow_unused=True)
+            acc = self.sums.setdefault(name, [None] * len(self.params))
+            for i, g in enumerate(grads):
+                if g is not None:
+                    acc[i] = g.detach().clone() if acc[i] is None else acc[i] + g
+
+    def norms(self) -> dict[str, float]:
+        if self.last is None:
+            return {}
+        out: dict[str, float] = {}
+        sq_last = 0.0
+        sq = dict.fromkeys(self.sums, 0.0)
+        for i, p in enumerate(self.params):
+            rest = p.grad.detach().clone() if p.grad is not None else None
+            for name, acc in self.sums.items():
+                g = acc[i]
+                if g is None:
+                    continue
+                sq[name] += float(g.double().pow(2).sum())
+                rest = -g if rest is None else rest - g
+            if rest is not None:
+                sq_last += float(rest.double().pow(2).sum())
+        for name, v in sq.items():
+            out[f"grad_norm_{name}"] = v ** 0.5
+        out[f"grad_norm_{self.last}"] = sq_last ** 0.5
+        return out
 
 
 def _idle_backward(ctx: StepContext) -> None:
@@ -288,19 +398,30 @@ class ScoreAlgorithm:
 
         def loss_fn(rows: slice, mb: TrainingBatch, logp: torch.Tensor, ref: torch.Tensor):
             m1, m2 = mb.mask(1), mb.mask(turns)
+            parts: dict[str, torch.Tensor] = {}
             if stage == "stage1":
-                return stage1_loss(
+                loss, st = stage1_loss(
                     logp, ref, logp, ref, m1, m2, r2[rows],
                     beta1=cfg.beta1, beta2=cfg.beta2, baseline=cfg.baseline,
                     kl_estimator=cfg.kl_estimator, group_size=g, r1=r1[rows],
+                    term_scale=cfg.term_scale, terms_out=parts,
                 )
-            return stage2_loss(
-                logp, ref, logp, ref, m1, m2, r1[rows], r2[rows],
-                alpha=cfg.alpha, beta1=cfg.beta1, baseline=cfg.baseline,
-                kl_estimator=cfg.kl_estimator, group_size=g, bonus_on_turn1=cfg.bonus_on_turn1,
-            )
+            else:
+                loss, st = stage2_loss(
+                    logp, ref, logp, ref, m1, m2, r1[rows], r2[rows],
+                    alpha=cfg.alpha, beta1=cfg.beta1, baseline=cfg.baseline,
+                    kl_estimator=cfg.kl_estimator, group_size=g,
+                    bonus_on_turn1=cfg.bonus_on_turn1, term_scale=cfg.term_scale,
+                    terms_out=parts,
+                )
+            return loss, st, parts
 
-        stats = accumulate(ctx, batch, micro_batch_rows(ctx, g), loss_fn)
+        # grad_norm_turn1 / grad_norm_turn2 (cfg.term_grad_norms): the norms of the gradients
+        # of the turn-1 and turn-2 parts of this step's loss (policy gradient + KL of each
+        # turn's tokens), before clipping; see backward_micro_batches
+        stats = backward_micro_batches(
+            ctx, [LossTerm(batch, micro_batch_rows(ctx, g), policy_loss(ctx, loss_fn))],
+            part_grad_norms=cfg.term_grad_norms)
         return {**stats, **_rollout_stats(ro, turns)}
 
 

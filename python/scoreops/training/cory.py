@@ -217,16 +217,20 @@ class CoryAlgorithm:
         r_p, r_o = both.reward_tensor(0), both.reward_tensor(1)
         batch = build_training_batch(ctx.tokenizer, episodes, MAX_SEQUENCE_TOKENS)
         fused = ctx.fused_head
+        temp = ro_spec.temperature  # log-probs of the distribution that was sampled
 
         def loss_fn(rows: slice, mb: TrainingBatch) -> tuple[torch.Tensor, dict[str, float]]:
             with lora.use(pioneer):
-                lp_p = sequence_token_logprobs(ctx.trainable, mb, fused_head=fused)
+                lp_p = sequence_token_logprobs(ctx.trainable, mb, fused_head=fused,
+                                               temperature=temp)
             with lora.use(observer):
-                lp_o = sequence_token_logprobs(ctx.trainable, mb, fused_head=fused)
+                lp_o = sequence_token_logprobs(ctx.trainable, mb, fused_head=fused,
+                                               temperature=temp)
             ref = None
             if cfg.beta > 0:
                 with torch.no_grad(), lora.use(None):
-                    ref = sequence_token_logprobs(ctx.trainable, mb, fused_head=fused)
+                    ref = sequence_token_logprobs(ctx.trainable, mb, fused_head=fused,
+                                               temperature=temp)
             return cory_loss(lp_p, ref, mb.mask(1).to(lp_p.device), lp_o, ref,
                              mb.mask(2).to(lp_o.device), r_p[rows].to(lp_p.device),
                              r_o[rows].to(lp_p.device), group_size=g, beta=cfg.beta)

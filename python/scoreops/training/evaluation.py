@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -27,32 +28,55 @@ def evaluate_items(
     turns: int = 2,
     max_new_tokens: int,
     system_prompt: str | None = None,
+    guide_phrases: Sequence[str] | None = None,
+    guide_form: str = "same-turn",
+    feedback: str = "none",
 ) -> EvalResult:
     """Greedy ``turns``-turn episodes on ``items``; per-sample records and the metrics.
 
-    Each record holds the question, the gold answer, every turn's output, its extracted final
-    answer and whether it was judged correct — the data behind Acc@t1, Acc@t2, Δi→c, Δc→i.
+    The second attempt follows ``instruction`` (a new user turn), or with ``guide_phrases``
+    a guide phrase (MGRPO's training distribution: phrase ``i % len`` for item i, in
+    ``guide_form``, see :func:`scoreops.training.mgrpo.guided_corrections`; two turns), or
+    with ``feedback="oracle"`` the verifier's verdict before the instruction (extrinsic).
+
+    Each record holds the question, the gold answer, every turn's output (for the same-turn
+    guide form, the whole assistant turn), its extracted final answer and whether it was
+    judged correct — the data behind Acc@t1, Acc@t2, Δi→c, Δc→i.
     """
     from scoreops.metrics import correction_metrics
     from scoreops.rewards import extract_final_answer
     from scoreops.rollout import SamplingParams, run_episodes
 
     params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0, n=1, seed=0)
+    special = guide_phrases is not None or feedback == "oracle"
     episodes = run_episodes(
-        engine, [it.question for it in items], instruction=instruction, turns=max(1, turns),
-        params=params, system_prompt=system_prompt,
+        engine, [it.question for it in items], instruction=instruction,
+        turns=1 if special else max(1, turns), params=params, system_prompt=system_prompt,
     )
+    texts = [[t.text for t in ep.turns] for ep in episodes]
+    if guide_phrases is not None and turns >= 2:
+        from scoreops.training.mgrpo import guided_corrections
+
+        phrases = [guide_phrases[ep.question_index % len(guide_phrases)] for ep in episodes]
+        _, answers = guided_corrections(engine, episodes, phrases, params, form=guide_form)
+        texts = [[*tx, a] for tx, a in zip(texts, answers, strict=True)]
+    elif feedback == "oracle" and turns >= 2:
+        from scoreops.training.algorithms import oracle_turns
+
+        episodes = oracle_turns(engine, episodes, [items[ep.question_index] for ep in episodes],
+                                verifier, instruction, turns, params)
+        texts = [[t.text for t in ep.turns] for ep in episodes]
     records, correct = [], []
-    for ep in episodes:
+    for ep, outputs in zip(episodes, texts, strict=True):
         item = items[ep.question_index]
-        per_turn = [bool(verifier(t.text, item) >= 0.5) for t in ep.turns]
+        per_turn = [bool(verifier(t, item) >= 0.5) for t in outputs]
         correct.append(per_turn)
         records.append({
             "id": item.id,
             "question": item.question,
             "answer": item.answer,
-            "outputs": [t.text for t in ep.turns],
-            "extracted": [extract_final_answer(t.text) for t in ep.turns],
+            "outputs": outputs,
+            "extracted": [extract_final_answer(t) for t in outputs],
             "correct": per_turn,
         })
     return EvalResult(correction_metrics(correct), records)

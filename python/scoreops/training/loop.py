@@ -510,12 +510,17 @@ class Trainer:
             return EvalResult(correction_metrics([r["correct"] for r in records]), records)
         self.on_event({"event": "evaluating", "what": label, "n": len(self.held_out)})
         ctx.policy.eval()
+        alg = self.spec.algorithm
+        guides = alg.mgrpo if alg.name == "mgrpo" else None  # MGRPO's second turn: a phrase
         res = evaluate_items(
             ctx.engine, self.held_out, ctx.verifier,
             instruction=self.spec.rollout.correction_instruction,
             turns=max(2, self.spec.rollout.turns),
             max_new_tokens=ev.max_new_tokens or self.spec.rollout.max_new_tokens,
             system_prompt=self.spec.rollout.system_prompt,
+            guide_phrases=guides.guide_phrases if guides else None,
+            guide_form=guides.guide_form if guides else "same-turn",
+            feedback=self.spec.rollout.feedback,
         )
         if self.dist.is_main:
             storage.write_text(records_uri, "".join(json.dumps(r) + "\n" for r in res.records))

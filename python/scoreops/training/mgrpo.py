@@ -29,7 +29,10 @@ if TYPE_CHECKING:
     from scoreops.rollout import Episode, RolloutEngine, SamplingParams, TrainingBatch
     from scoreops.training.context import StepContext
 
-__all__ = ["MGRPOAlgorithm", "extend_episodes"]
+__all__ = ["GUIDE_SEPARATOR", "MGRPOAlgorithm", "extend_episodes", "guided_corrections"]
+
+GUIDE_SEPARATOR = "\n\n"
+"""Between the model's answer and the guide phrase in the same-turn form."""
 
 
 def extend_episodes(
@@ -77,6 +80,77 @@ def extend_episodes(
     return result
 
 
+def _strip_end_of_turn(tokenizer: Any, ids: Sequence[int]) -> list[int]:
+    """``ids`` without the special tokens (end of turn / sequence) that close them."""
+    special = set(getattr(tokenizer, "all_special_ids", []) or [])
+    out = list(ids)
+    while out and out[-1] in special:
+        out.pop()
+    return out
+
+
+def guided_corrections(
+    engine: RolloutEngine,
+    episodes: Sequence[Episode],
+    phrases: Sequence[str],
+    params: SamplingParams,
+    *,
+    form: str = "same-turn",
+) -> tuple[list[Episode], list[str]]:
+    """``params.n`` guided corrections of each one-turn episode, group-contiguous.
+
+    Returns ``(episodes, answers)``: ``answers[k]`` is the text the verifier judges for
+    correction ``k``, and the correction's tokens are the last turn of ``episodes[k]`` (the
+    tokens layer 2 trains; everything before is context).
+
+    * ``"same-turn"`` (the MGRPO paper's ``q' = concat(q, o) + p_guide``): the model's answer
+      ``o`` (its tokens as sampled, without the end-of-turn token) and then
+      :data:`GUIDE_SEPARATOR` + the phrase are the start of the same assistant turn, which
+      the model continues. The correction is a one-turn episode whose prompt ends inside the
+      assistant turn; its answer is the whole assistant turn, ``o + separator + phrase +
+      continuation`` (the last answer in it counts).
+    * ``"user-turn"``: the phrase is a new user message after the answer
+      (:func:`extend_episodes`); the answer is the new turn's text.
+    """
+    from scoreops.rollout import Turn, encode_conversation
+    from scoreops.rollout.chat import _encode
+
+    if len(phrases) != len(episodes):
+        raise ValueError(f"{len(phrases)} guide phrases for {len(episodes)} episodes")
+    if form == "user-turn":
+        out = extend_episodes(engine, episodes, phrases, params)
+        return out, [ep.turns[-1].text for ep in out]
+    if form != "same-turn":
+        raise ValueError(f"unknown guide form {form!r}; expected 'same-turn' or 'user-turn'")
+    if not episodes:
+        return [], []
+    tokenizer = engine.tokenizer
+    convs, ids, prefixes = [], [], []
+    for ep, phrase in zip(episodes, phrases, strict=True):
+        last = ep.turns[-1]
+        prompt = last.prompt_token_ids
+        if prompt is None:
+            prompt = encode_conversation(tokenizer, last.messages)
+        answer_ids = _strip_end_of_turn(tokenizer, last.completion.token_ids)
+        tail = GUIDE_SEPARATOR + phrase
+        prefix = last.completion.text + tail
+        convs.append([*last.messages, {"role": "assistant", "content": prefix}])
+        ids.append([*prompt, *answer_ids, *_encode(tokenizer, tail)])
+        prefixes.append(prefix)
+    outs = engine.generate(convs, params, prompt_token_ids=ids)
+    result: list[Episode] = []
+    answers: list[str] = []
+    for ep, conv, prompt_ids, prefix, group in zip(episodes, convs, ids, prefixes, outs,
+                                                    strict=True):
+        if len(group) != params.n:
+            raise RuntimeError(f"engine returned {len(group)} completions, expected {params.n}")
+        for j, completion in enumerate(group):
+            turn = Turn(messages=conv, completion=completion, prompt_token_ids=list(prompt_ids))
+            result.append(dataclasses.replace(ep, sample=ep.sample * params.n + j, turns=[turn]))
+            answers.append(prefix + completion.text)
+    return result, answers
+
+
 def _tokens(episodes: Sequence[Episode], turn: int) -> int:
     return sum(len(ep.turns[turn].completion.token_ids) for ep in episodes)
 
@@ -96,10 +170,11 @@ class MGRPOAlgorithm:
 
     def __init__(self, spec: Any) -> None:
         self.cfg = spec.algorithm.mgrpo
-        if self.cfg.variations < 2:
+        if self.cfg.variations < 2 and not self.cfg.keep_selected:
             raise ValueError(
-                "algorithm.mgrpo.variations must be >= 2: layer 2 normalises advantages within "
-                f"the H variations of a kept correction, got {self.cfg.variations}")
+                "algorithm.mgrpo.variations must be >= 2 with keepSelected false: layer 2 "
+                "normalises advantages within the H variations of a kept correction, got "
+                f"{self.cfg.variations}")
 
     def stage(self, step: int) -> str:
         return "mgrpo"
@@ -109,6 +184,7 @@ class MGRPOAlgorithm:
 
         from scoreops.algorithms.advantages import group_normalized
         from scoreops.algorithms.mgrpo import (
+            assemble_layer2_groups,
             draw_guide_phrases,
             layer2_advantages,
             layer_loss,
@@ -135,25 +211,29 @@ class MGRPOAlgorithm:
         params = SamplingParams(max_new_tokens=ro_spec.max_new_tokens,
                                 temperature=ro_spec.temperature, top_p=ro_spec.top_p, n=1,
                                 seed=ctx.step_seed(step, salt=1))
-        corrections = extend_episodes(ctx.engine, ro.episodes, guides, params)
-        rc = [ctx.verifier(ep.turns[1].text, item)
-              for ep, item in zip(corrections, ro.items, strict=True)]
+        corrections, answers = guided_corrections(ctx.engine, ro.episodes, guides, params,
+                                                  form=cfg.guide_form)
+        rc = [ctx.verifier(a, item) for a, item in zip(answers, ro.items, strict=True)]
         kept = select_corrections(rc)
-        generated = ro.generated_tokens + _tokens(corrections, 1)
+        generated = ro.generated_tokens + _tokens(corrections, -1)
         layer2_reward = 0.0
         adv2 = torch.zeros(0)
-        variations: list[Episode] = []
+        group: list[Episode] = []
+        size = h + 1 if cfg.keep_selected else h
         if kept:
-            variations = extend_episodes(
+            variations, var_answers = guided_corrections(
                 ctx.engine, [ro.episodes[i] for i in kept], [guides[i] for i in kept],
-                dataclasses.replace(params, n=h, seed=ctx.step_seed(step, salt=2)))
+                dataclasses.replace(params, n=h, seed=ctx.step_seed(step, salt=2)),
+                form=cfg.guide_form)
             var_items = [ro.items[i] for i in kept for _ in range(h)]
-            rv = torch.tensor([ctx.verifier(ep.turns[1].text, item)
-                               for ep, item in zip(variations, var_items, strict=True)],
-                              dtype=torch.float32, device=ctx.device)
-            generated += _tokens(variations, 1)
-            layer2_reward = float(rv.mean())
-            adv2 = layer2_advantages(rv.reshape(-1, h))
+            rv = [ctx.verifier(a, item) for a, item in zip(var_answers, var_items, strict=True)]
+            generated += _tokens(variations, -1)
+            group, group_rewards, _ = assemble_layer2_groups(
+                kept, corrections, rc, variations, rv, variations_per_group=h,
+                keep_selected=cfg.keep_selected)
+            r2 = torch.tensor(group_rewards, dtype=torch.float32, device=ctx.device)
+            layer2_reward = float(torch.tensor(rv).mean())
+            adv2 = layer2_advantages(r2.reshape(-1, size))
         seconds = ro.seconds + time.perf_counter() - t0
         release_generation_memory(ctx.engine)  # vLLM frees its KV cache for the update
 
@@ -162,18 +242,19 @@ class MGRPOAlgorithm:
         def loss1(rows: slice, mb: TrainingBatch, logp: torch.Tensor, ref: torch.Tensor):
             return layer_loss(logp, ref, adv1[rows], mb.mask(1), layer=1, **common)
 
-        batch2 = build_training_batch(ctx.tokenizer, variations, MAX_SEQUENCE_TOKENS) \
-            if variations else None
+        batch2 = build_training_batch(ctx.tokenizer, group, MAX_SEQUENCE_TOKENS) \
+            if group else None
+        train_turn = len(group[0].turns) if group else 1
 
         def loss2(rows: slice, mb: TrainingBatch, logp: torch.Tensor, ref: torch.Tensor):
-            # only the correction is trained; the layer-1 answer is context here
-            return layer_loss(logp, ref, adv2[rows], mb.mask(2), layer=2, **common)
+            # only the correction is trained; the layer-1 answer (and the phrase) is context
+            return layer_loss(logp, ref, adv2[rows], mb.mask(train_turn), layer=2, **common)
 
         # layer 2 is a term on every rank, also where no group survived: each layer is the
         # mean over all ranks' rows of that layer
         stats = backward_micro_batches(ctx, [
             LossTerm(batch1, micro_batch_rows(ctx, g), policy_loss(ctx, loss1)),
-            LossTerm(batch2, micro_batch_rows(ctx, h), policy_loss(ctx, loss2)),
+            LossTerm(batch2, micro_batch_rows(ctx, size), policy_loss(ctx, loss2)),
         ])
         n = max(1, len(rc))
         r1_list = r1.tolist()

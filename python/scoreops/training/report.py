@@ -16,6 +16,50 @@ def before_after_rows(evals: dict[str, EvalResult], ci: bool = True) -> list[dic
                            ci=ci)
 
 
+def what_it_shows(evals: dict[str, EvalResult]) -> list[str]:
+    """Plain sentences on what the held-out numbers show, and what they do not.
+
+    Separates the two things a ScoreRun can improve: the first attempt (Acc@t1, an accuracy
+    gain) and what the second attempt adds over the first (Δ = Acc@t2 − Acc@t1, the
+    correction gain, with Newcombe's paired 95% interval). A rise of both accuracies with Δ
+    near 0 is an accuracy gain, not learned self-correction.
+    """
+    trained = evals.get("trained")
+    if trained is None:
+        return []
+    m = trained.metrics
+    lo, hi = m.ci["delta"]
+    n = m.n
+    out = []
+    base = evals.get("base")
+    if base is not None:
+        b = base.metrics
+        out.append(f"First attempt (Acc@t1): {b.acc_t1:.3f} before, {m.acc_t1:.3f} after "
+                   f"training ({m.acc_t1 - b.acc_t1:+.3f}); second attempt (Acc@t2): "
+                   f"{b.acc_t2:.3f} -> {m.acc_t2:.3f} ({m.acc_t2 - b.acc_t2:+.3f}); n = {n}.")
+    fixes = f"{m.counts.i2c} of {n} items wrong -> right, {m.counts.c2i} right -> wrong"
+    if lo > 0:
+        out.append(f"Correction gain: the second attempt adds Δ = {m.delta:+.3f} "
+                   f"[{lo:+.3f}, {hi:+.3f}] over the first ({fixes}).")
+        if base is not None and m.acc_t1 < base.metrics.acc_t1 and \
+                m.acc_t2 <= max(base.metrics.acc_t2, base.metrics.acc_t1):
+            out.append("But the first attempt got worse than the base model's and the second "
+                       "is no better than the base model's: the gain comes from a worse first "
+                       "attempt, not from a better final answer.")
+    elif hi < 0:
+        out.append(f"The second attempt makes answers worse: Δ = {m.delta:+.3f} "
+                   f"[{lo:+.3f}, {hi:+.3f}] ({fixes}).")
+    else:
+        out.append(f"No correction gain shown: Δ(t1,t2) = {m.delta:+.3f}, 95% interval "
+                   f"[{lo:+.3f}, {hi:+.3f}] includes 0 ({fixes}).")
+        if base is not None and m.acc_t1 > base.metrics.acc_t1:
+            out.append("What improved is the first attempt: an accuracy gain, not "
+                       "self-correction.")
+    out.append(f"One run, one seed, {n} items: differences of a few items are noise "
+               "(docs/results.md has the multi-seed comparison).")
+    return out
+
+
 def write_run_report(output: str, run: ScoreRun, metrics: list[dict[str, Any]],
                      evals: dict[str, EvalResult]) -> str:
     """Write ``report.md`` and its charts under ``output``; returns the report's URI."""
@@ -46,6 +90,9 @@ def write_run_report(output: str, run: ScoreRun, metrics: list[dict[str, Any]],
         storage.write_bytes(storage.join(output, "before_after.png"),
                             bar_chart(chart, title="Before / after training", ylabel="rate"))
         lines += ["![before/after](before_after.png)", ""]
+        shows = what_it_shows(evals)
+        if shows:
+            lines += ["## What this run shows", "", *[f"- {x}" for x in shows], ""]
     if metrics:
         rewards = {
             f"reward turn {t}": [(m["step"], m[f"reward_t{t}"]) for m in metrics

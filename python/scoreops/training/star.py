@@ -111,7 +111,8 @@ class STaRAlgorithm:
         # one term on every rank, also one that kept nothing: the mean is over all ranks' rows
         stats = {"loss": 0.0, "nll": 0.0, "tokens": 0.0}
         stats.update(backward_micro_batches(
-            ctx, [LossTerm(batch, micro_batch_rows(ctx, 1), policy_loss(ctx, loss_fn))]))
+            ctx, [LossTerm(batch, micro_batch_rows(ctx, 1),
+                           policy_loss(ctx, loss_fn, temperature=1.0))]))
         n_episodes = max(1, len(ro.episodes))
         stats.update(_rollout_stats(ro, turns))
         stats["kept"] = float(len(keep))
