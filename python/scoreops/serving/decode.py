@@ -206,9 +206,7 @@ class DecodeLoop:
     def _admit(self, joining: list[Row]) -> None:
         """Drop cancelled rows, prefill new ones and rebuild the batch cache if it changed."""
         keep = [i for i, r in enumerate(self._rows) if not r.cancelled]
-        for r in self._rows:
-            if r.cancelled:
-                self._fail(r, Cancelled("cancelled"))
+        dropped = [r for r in self._rows if r.cancelled]
         states: list[tuple[Row, list[tuple[Any, Any]]]] = []
         for row in joining:
             try:
@@ -221,9 +219,10 @@ class DecodeLoop:
                 self._complete(row, layers)
             else:
                 states.append((row, layers))
-        if len(keep) == len(self._rows) and not states:
-            return
-        self._rebuild(keep, states)
+        if len(keep) != len(self._rows) or states:
+            self._rebuild(keep, states)
+        for r in dropped:  # once they left the batch
+            self._fail(r, Cancelled("cancelled"))
 
     def _sample_one(self, row: Row, logits: torch.Tensor) -> int:
         import torch
@@ -361,15 +360,23 @@ class DecodeLoop:
                 done.append(i)
         if done:
             layers = self._cache.layers
-            for i in done:
-                row = rows[i]
-                self._complete(row, [(layer.keys[i:i + 1], layer.values[i:i + 1])
-                                     for layer in layers])
+            finished = [(rows[i], self._finish(rows[i], [(layer.keys[i:i + 1],
+                                                          layer.values[i:i + 1])
+                                                         for layer in layers]))
+                        for i in done]
             gone = set(done)
             self._rebuild([i for i in range(len(rows)) if i not in gone], [])
+            for row, completion in finished:  # once they left the batch
+                if not row.future.done():
+                    row.future.set_result(completion)
 
     def _complete(self, row: Row, layers: list[tuple[Any, Any]]) -> None:
-        """Store the row's states for its next turn and resolve its future."""
+        completion = self._finish(row, layers)
+        if not row.future.done():
+            row.future.set_result(completion)
+
+    def _finish(self, row: Row, layers: list[tuple[Any, Any]]) -> Completion:
+        """Store the row's states for its next turn; its completion."""
         from scoreops.rollout.prefix_cache import CachedRow
 
         tokens = tuple(row.prompt) + tuple(row.generated[: row.fed - len(row.prompt)])
@@ -383,9 +390,8 @@ class DecodeLoop:
             if cut >= 0:
                 text = text[:cut]
         self.finished_rows += 1
-        if not row.future.done():
-            row.future.set_result(Completion(text=text, token_ids=list(row.generated),
-                                             finish_reason=row.finish or "length"))
+        return Completion(text=text, token_ids=list(row.generated),
+                          finish_reason="stop" if row.finish == "stop" else "length")
 
 
 # -- one request's view ------------------------------------------------------------------------
