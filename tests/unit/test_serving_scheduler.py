@@ -35,7 +35,7 @@ def test_queue_wait_limit_answers_early_and_leaves_the_queue() -> None:
     async def scenario() -> None:
         adm = Admission(max_concurrency=1, max_queue=4, max_queue_wait=0.05)
         held = await adm.enter()
-        with pytest.raises(QueueWaitExceeded, match="within 0.05 s"):
+        with pytest.raises(QueueWaitExceeded, match=r"within 0\.05 s"):
             await adm.enter()
         assert (adm.running, adm.queued) == (1, 0)
         held.release()
