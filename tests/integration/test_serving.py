@@ -12,7 +12,6 @@ import re
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -413,14 +412,173 @@ def test_200_concurrent_requests_are_all_answered(server: Server) -> None:
     after = _wait_for_idle(server)
     assert _metric(after, "scoreops_requests_total", model=MODEL, route="chat",
                    status="200") == ok_before + 200
-    # they were batched: fewer generation batches than requests
-    batches = _metric(after, "scoreops_batch_size_count", model=MODEL) - batches_before
-    assert 1 <= batches < 200
+    # they were batched: decoding steps ran many rows at once
+    steps = _metric(after, "scoreops_batch_size_count", model=MODEL) - batches_before
+    rows = (_metric(after, "scoreops_batch_size_sum", model=MODEL)
+            - _metric(metrics_before, "scoreops_batch_size_sum", model=MODEL))
+    assert steps >= 1 and rows / steps > 4
     assert _metric(after, "scoreops_turns_taken_count", model=MODEL,
                    strategy="self-correct") >= 200
     assert _metric(after, "scoreops_completion_tokens_total", model=MODEL) > 0
     assert _metric(after, "scoreops_request_latency_seconds_count", model=MODEL,
                    route="chat") >= 200
+
+
+# -- real clients: the official async client, refusals, disconnects ----------------------
+
+def test_concurrent_official_async_clients_are_all_answered(server: Server) -> None:
+    import openai
+
+    async def fire() -> list:
+        async with openai.AsyncOpenAI(base_url=f"{server.url}/openai/v1", api_key="unused",
+                                      max_retries=0, timeout=300) as ac:
+            return await asyncio.gather(*[
+                ac.chat.completions.create(model=MODEL, messages=_user(f"What is {i} * 3?"),
+                                           max_tokens=8, temperature=0.0)
+                for i in range(20)], return_exceptions=True)
+
+    before = _metric(_metrics(server), "scoreops_requests_total", model=MODEL, route="chat",
+                     status="200")
+    results = asyncio.run(fire())
+    failures = [r for r in results if isinstance(r, BaseException)]
+    assert not failures, failures[:3]
+    assert all(r.choices[0].message.role == "assistant" for r in results)
+    assert all(1 <= r.usage.completion_tokens <= 16 for r in results)
+    after = _wait_for_idle(server)
+    assert _metric(after, "scoreops_requests_total", model=MODEL, route="chat",
+                   status="200") == before + 20
+
+
+def test_models_retrieve(client) -> None:
+    import openai
+
+    model = client.models.retrieve(MODEL)
+    assert model.id == MODEL and model.object == "model"
+    with pytest.raises(openai.NotFoundError) as info:
+        client.models.retrieve("gpt-99")
+    assert info.value.body["param"] == "model"
+    assert "gpt-99" in info.value.body["message"]
+
+
+TOOL = {"type": "function", "function": {"name": "add", "parameters": {"type": "object"}}}
+
+REFUSED = [
+    ("tools", {"tools": [TOOL]}),
+    ("tool_choice", {"tool_choice": "required"}),
+    ("functions", {"functions": [{"name": "add"}]}),
+    ("function_call", {"function_call": "auto"}),
+    ("response_format", {"response_format": {"type": "json_object"}}),
+    ("logprobs", {"logprobs": True}),
+    ("top_logprobs", {"top_logprobs": 2}),
+    ("presence_penalty", {"presence_penalty": 0.5}),
+    ("frequency_penalty", {"frequency_penalty": 0.5}),
+    ("logit_bias", {"logit_bias": {"42": 10}}),
+    ("modalities", {"modalities": ["text", "audio"]}),
+    ("reasoning_effort", {"reasoning_effort": "high"}),
+    ("top_k", {"top_k": 5}),
+    ("messages.0.tool_calls", {"messages": [
+        {"role": "user", "content": "x",
+         "tool_calls": [{"id": "1", "type": "function",
+                         "function": {"name": "add", "arguments": "{}"}}]}]}),
+]
+
+
+@pytest.mark.parametrize(("param", "extra"), REFUSED, ids=[r[0] for r in REFUSED])
+def test_unsupported_fields_are_refused_by_name(client, param: str, extra: dict) -> None:
+    import openai
+
+    kwargs = {"messages": _user(), "max_tokens": 4}
+    body = {k: v for k, v in extra.items() if k != "messages"}
+    kwargs["messages"] = extra.get("messages", kwargs["messages"])
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model=MODEL, **kwargs, extra_body=body)
+    err = info.value.body
+    assert err["param"] == param
+    assert param in err["message"] and "not supported" in err["message"]
+    assert err["type"] == "invalid_request_error"
+
+
+def test_neutral_values_of_unsupported_fields_and_metadata_are_accepted(client) -> None:
+    resp = client.chat.completions.create(
+        model=MODEL, messages=_user(), max_tokens=4, temperature=0.0, user="someone",
+        logprobs=False, presence_penalty=0, frequency_penalty=0,
+        response_format={"type": "text"}, tool_choice="none", metadata={"k": "v"})
+    assert resp.choices[0].message.role == "assistant"
+
+
+def test_completions_refusals(server: Server) -> None:
+    url = f"{server.url}/openai/v1/completions"
+    for body, param in (({"prompt": "x", "best_of": 3}, "best_of"),
+                        ({"prompt": "x", "suffix": "end"}, "suffix"),
+                        ({"prompt": "x", "logprobs": 2}, "logprobs")):
+        resp = httpx.post(url, json=body, timeout=30)
+        assert resp.status_code == 400, (body, resp.text)
+        assert resp.json()["error"]["param"] == param
+
+
+def test_framework_errors_have_the_openai_shape(server: Server) -> None:
+    cases = [("GET", "/openai/v1/embeddings", 404, "not_found_error"),
+             ("POST", "/openai/v1/nothing/here", 404, "not_found_error"),
+             ("GET", "/openai/v1/chat/completions", 405, "invalid_request_error"),
+             ("DELETE", "/openai/v1/models", 405, "invalid_request_error")]
+    for method, path, status, kind in cases:
+        resp = httpx.request(method, f"{server.url}{path}", timeout=30)
+        assert resp.status_code == status, (method, path, resp.text)
+        err = resp.json()["error"]
+        assert err["type"] == kind and path in err["message"], err
+        assert set(err) == {"message", "type", "param", "code"}
+
+
+def test_kserve_v1_unknown_model_is_a_404_without_a_logged_traceback(server: Server) -> None:
+    resp = httpx.post(f"{server.url}/v1/models/nope:predict", json={"instances": ["x"]},
+                      timeout=30)
+    assert resp.status_code == 404
+    assert "nope" in resp.json()["error"]
+    time.sleep(0.5)  # let the server flush its log
+    log = server.log.read_text(errors="replace")
+    assert "Traceback" not in log and "ModelNotFound" not in log
+
+
+def test_a_client_that_disconnects_frees_its_slot_and_is_counted_cancelled(
+        server: Server) -> None:
+    labels = {"model": MODEL, "route": "chat"}
+    before = _metrics(server)
+    ok, cancelled = (_metric(before, "scoreops_requests_total", **labels, status=s)
+                     for s in ("200", "cancelled"))
+    # a long request (4 samples x 8 turns of 64 tokens); the client gives up after 0.3 s
+    body = {"model": MODEL, "messages": _user("Count to a hundred."), "max_tokens": CEILING,
+            "n": 4, "temperature": 1.0, "scoreops": {"turns": 8}}
+    with pytest.raises(httpx.ReadTimeout):
+        _chat(server, body, timeout=0.3)
+    after = _wait_for_idle(server)
+    assert _metric(after, "scoreops_requests_total", **labels, status="cancelled") == (
+        cancelled + 1)
+    assert _metric(after, "scoreops_requests_total", **labels, status="200") == ok
+    assert _metric(after, "scoreops_requests_running", model=MODEL) == 0
+    assert _metric(after, "scoreops_decode_rows", model=MODEL) == 0
+
+
+def test_a_stream_left_after_its_first_chunk_is_cancelled(server: Server) -> None:
+    labels = {"model": MODEL, "route": "chat"}
+    before = _metrics(server)
+    ok, cancelled = (_metric(before, "scoreops_requests_total", **labels, status=s)
+                     for s in ("200", "cancelled"))
+    body = {"model": MODEL, "messages": _user("Count to a hundred."), "max_tokens": CEILING,
+            "n": 4, "temperature": 1.0, "stream": True, "scoreops": {"turns": 8}}
+    first = None
+    with httpx.stream("POST", f"{server.url}/openai/v1/chat/completions", json=body,
+                      timeout=120) as resp:
+        assert resp.status_code == 200
+        for line in resp.iter_lines():
+            if line.startswith("data: "):
+                first = line
+                break  # leaving the block closes the connection
+    assert first is not None and '"role": "assistant"' in first
+    after = _wait_for_idle(server)
+    assert _metric(after, "scoreops_requests_total", **labels, status="cancelled") == (
+        cancelled + 1)
+    assert _metric(after, "scoreops_requests_total", **labels, status="200") == ok
+    assert _metric(after, "scoreops_decode_rows", model=MODEL) == 0
 
 
 # -- the transformer in front of a remote predictor --------------------------------------------
@@ -472,43 +630,3 @@ def test_transformer_over_a_remote_openai_predictor(predictor_and_transformer) -
     assert direct["choices"][0]["message"]["content"] == first["text"]
     # the predictor's token counts reach the transformer's usage
     assert resp.json()["usage"]["completion_tokens"] > 0
-
-
-# -- admission control (pure logic, no server) --------------------------------------------------
-
-
-def test_batcher_rejects_beyond_capacity_and_abandon_frees_a_slot() -> None:
-    from scoreops.serving.scheduler import Batcher, QueueFull
-
-    gate = threading.Event()
-    batches: list[list[int]] = []
-
-    def run(jobs):
-        gate.wait(10)
-        batches.append([j.payload for j in jobs])
-        for j in jobs:
-            j.future.set_result(j.payload * 10)
-
-    b = Batcher(run, max_concurrency=2, max_queue=2, workers=1)
-    try:
-        first = b.submit("k", 1)
-        for _ in range(200):  # the worker takes job 1 and blocks on the gate
-            if b.running == 1:
-                break
-            time.sleep(0.01)
-        queued = [b.submit("k", i) for i in (2, 3, 4)]
-        assert b.admitted == 4
-        with pytest.raises(QueueFull, match="capacity"):
-            b.submit("k", 5)
-        b.abandon(queued[0])  # a timed-out waiter leaves the queue
-        assert queued[0].future.cancelled()
-        extra = b.submit("other", 6)  # its slot is free again
-        gate.set()
-        assert first.future.result(10) == 10
-        assert [q.future.result(10) for q in queued[1:]] == [30, 40]
-        assert extra.future.result(10) == 60
-        # jobs 3 and 4 shared a batch (same key, room for 2); job 6 ran on its own
-        assert batches == [[1], [3, 4], [6]]
-    finally:
-        gate.set()
-        b.close()

@@ -31,12 +31,27 @@ class LoadedBackend:
 
     ``tokenizer`` is None for a remote backend (the predictor tokenizes); ``context_length``
     is None when unknown (then the predictor is the one to reject over-long prompts).
+
+    ``decoder`` is the backend's step-level scheduler, if it has one: an object with
+    ``submit(rows)``, ``cancel(rows)``, ``close()``, ``tokenizer`` and ``running`` that
+    generates :class:`scoreops.serving.decode.Row` s (prompt token ids, per-row
+    :class:`~scoreops.rollout.SamplingParams` with ``n == 1``, a seed, an optional
+    ``on_token(row)`` callback after each sampled token, and a future resolved with a
+    :class:`~scoreops.rollout.Completion` or failed with
+    :class:`~scoreops.serving.decode.Cancelled` once ``cancel`` was called): see
+    :class:`scoreops.serving.decode.DecodeLoop`. With a decoder, requests are batched at
+    every decoding step, streamed token by token and cancelled between steps. Without one,
+    ``engine.generate`` is called per turn: directly from each request's thread when
+    ``thread_safe`` (the remote predictor batches on its side), otherwise merged across
+    requests into one call at a time.
     """
 
     engine: Any
     tokenizer: Any | None
     context_length: int | None
     description: str
+    decoder: Any | None = None
+    thread_safe: bool = False
 
 
 def _device(config: ServingConfig) -> str:
@@ -63,12 +78,21 @@ def _load_hf(config: ServingConfig) -> LoadedBackend:
         torch.set_num_threads(config.torch_threads)
     device = _device(config)
     model, tokenizer = load_model(config.model_uri, dtype=config.dtype, device=device)
-    engine = HFEngine(model, tokenizer, device=device, max_batch_size=config.engine_batch_size)
+    from scoreops.serving.decode import DecodeLoop
+
+    # The engine is kept for its RolloutEngine interface; requests are decoded by the loop.
+    engine = HFEngine(model, tokenizer, device=device, max_batch_size=config.engine_batch_size,
+                      prefix_cache=False)
+    model.eval()
+    decoder = DecodeLoop(model, tokenizer, max_rows=config.engine_batch_size,
+                         name=f"scoreops-{config.name}-decode")
     model_len = getattr(model.config, "max_position_embeddings", None)
     return LoadedBackend(
         engine=engine, tokenizer=tokenizer,
         context_length=_context(model_len, config.max_model_len),
-        description=f"hf {config.model_uri} on {device} ({config.dtype})",
+        description=f"hf {config.model_uri} on {device} ({config.dtype}), continuous "
+                    f"batching of up to {config.engine_batch_size} completions",
+        decoder=decoder,
     )
 
 
@@ -125,7 +149,7 @@ def _load_openai(config: ServingConfig, wait_seconds: float) -> LoadedBackend:
             delay = min(delay * 2, 15.0)
     return LoadedBackend(
         engine=engine, tokenizer=None, context_length=config.max_model_len,
-        description=f"openai {engine.base_url} model {engine.model}",
+        description=f"openai {engine.base_url} model {engine.model}", thread_safe=True,
     )
 
 

@@ -51,9 +51,15 @@ class ServingConfig(BaseModel):
     default_max_tokens: int = Field(
         256, ge=1, description="max_tokens of a request that does not set it (capped by limits)."
     )
+    max_queue_wait_seconds: float | None = Field(
+        None, gt=0,
+        description="Longest wait for a running slot before HTTP 429 (the request timeout "
+        "counts from the start of service); default: half the request timeout.",
+    )
     workers: int | None = Field(
         None, ge=1,
-        description="Batches run at once; default 1 in-process (one model), 4 for openai.",
+        description="Engine calls run at once for backends without step-level batching "
+        "(vllm): default 1.",
     )
 
     @model_validator(mode="after")
@@ -63,6 +69,12 @@ class ServingConfig(BaseModel):
         if self.backend in ("hf", "vllm") and not self.model_uri:
             raise ValueError(f"backend {self.backend} needs model_uri (--model)")
         return self
+
+    @property
+    def queue_wait(self) -> float:
+        if self.max_queue_wait_seconds is not None:
+            return self.max_queue_wait_seconds
+        return self.limits.request_timeout_seconds / 2
 
     @property
     def batch_workers(self) -> int:

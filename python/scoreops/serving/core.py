@@ -1,14 +1,22 @@
-"""The correction layer without the HTTP server: request checks, batching and the strategy run.
+"""The correction layer without the HTTP server: request checks, admission and the strategy run.
 
-:class:`Corrector` owns one backend engine and a :class:`~scoreops.serving.scheduler.Batcher`.
+:class:`Corrector` owns one backend and an :class:`~scoreops.serving.scheduler.Admission`.
 Protocol handlers (OpenAI routes, KServe v1 ``predict``) turn a request into a
 :class:`PreparedRequest` with :meth:`Corrector.prepare` — which enforces the limits and the
 model's context and raises :class:`~scoreops.serving.protocol.ServingError` (HTTP 400) naming
 the field — and await :meth:`Corrector.run` for one list of
 :class:`~scoreops.strategies.StrategyResult` per conversation (``n`` each).
 
-The strategy itself is :func:`scoreops.strategies.run_strategy`, the same code evaluation
-runs, applied to every request of a batch at once.
+Each running request runs :func:`scoreops.strategies.run_strategy` (the same code evaluation
+runs) in its own worker thread, with per-request turn state (turn 1, correction prompt,
+turn 2, ...). Its engine calls go to the backend's step-level scheduler when it has one (the
+``hf`` backend's :class:`~scoreops.serving.decode.DecodeLoop`: every turn of every request
+joins the running batch between decoding steps), else to the engine directly (remote
+predictor) or merged with other requests' calls (in-process engines without one).
+
+Cancellation (client gone, timeout) goes through a
+:class:`~scoreops.serving.decode.RequestControl`: the request's rows leave the batch at the
+next decoding step and its slot is freed at once.
 """
 
 from __future__ import annotations
@@ -17,8 +25,11 @@ import asyncio
 import copy
 import json
 import logging
+import threading
 import time
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,9 +38,10 @@ from pydantic import ValidationError
 from scoreops.api.common import StrategySpec
 from scoreops.serving.backends import LoadedBackend
 from scoreops.serving.config import ServingConfig
+from scoreops.serving.decode import Cancelled, RequestControl, RequestEngine, TextStream
 from scoreops.serving.metrics import serving_metrics
 from scoreops.serving.protocol import ScoreopsOptions, ServingError, bad_request
-from scoreops.serving.scheduler import Abandoned, Batcher, Job, QueueFull
+from scoreops.serving.scheduler import Admission, QueueFull, Slot
 
 log = logging.getLogger("scoreops.serving")
 
@@ -48,7 +60,7 @@ class ServedResult:
 
 @dataclass
 class PreparedRequest:
-    """A checked request, ready to be batched."""
+    """A checked request, ready to run."""
 
     conversations: list[Conversation]
     n: int
@@ -58,36 +70,43 @@ class PreparedRequest:
     arrival: float
     return_attempts: bool
     prompt_tokens: list[int | None] = field(default_factory=list)
+    queue_wait: float | None = None
 
     @property
-    def key(self) -> Any:
-        if self.params.seed is not None:
-            # a seeded request runs alone: its samples must not depend on its batch-mates
-            return ("seeded", id(self))
-        return (self.strategy.model_dump_json(), self.params)
+    def choices(self) -> int:
+        return len(self.conversations) * self.n
 
-    def remaining(self) -> float:
-        return self.timeout - (time.monotonic() - self.arrival)
+    @property
+    def stream_call(self) -> int | None:
+        """Which engine call of the strategy generates the final answer (streamable)."""
+        name = self.strategy.name
+        if name == "single":
+            return 1
+        if name == "self-correct":
+            return self.strategy.turns
+        if name == "moa":
+            return self.strategy.layers + 1
+        return None  # the answer is chosen among samples after they are all generated
 
 
-class _BatchEngine:
-    """The backend engine as seen by one batch: stops the batch at a turn boundary once every
-    request in it was abandoned, and remembers each completion (for ``finish_reason``)."""
+class _Recording:
+    """The engine as seen by one request's strategy: checks for cancellation before each
+    call and remembers each completion (for ``finish_reason``)."""
 
-    def __init__(self, inner: Any, jobs: Sequence[Job]) -> None:
+    def __init__(self, inner: Any, control: RequestControl) -> None:
         self._inner = inner
-        self._jobs = jobs
+        self._control = control
         self.tokenizer = getattr(inner, "tokenizer", None)
         self.completions: dict[str, list[Any]] = {}
 
     def generate(self, conversations: Sequence[Conversation], params: Any, *,
                  prompt_token_ids: Sequence[Sequence[int]] | None = None) -> list[list[Any]]:
-        if all(j.abandoned for j in self._jobs):
-            raise Abandoned("every request of the batch timed out")
+        self._control.check()
         if prompt_token_ids is None:
             outs = self._inner.generate(conversations, params)
         else:
             outs = self._inner.generate(conversations, params, prompt_token_ids=prompt_token_ids)
+        self._control.check()
         for conv, cs in zip(conversations, outs, strict=False):
             self.completions.setdefault(_conv_key(conv), []).extend(cs)
         return outs
@@ -105,6 +124,110 @@ class _BatchEngine:
         pass
 
 
+@dataclass(eq=False)
+class _Call:
+    conversations: list[Conversation]
+    params: Any
+    prompt_token_ids: list[list[int]] | None
+    future: Future = field(default_factory=Future)
+
+    @property
+    def key(self) -> Any:
+        if self.params.seed is not None:
+            return ("seeded", id(self))  # a seeded call's samples must not depend on others
+        return (self.params, self.prompt_token_ids is None)
+
+
+class _Coalescer:
+    """Concurrent ``generate`` calls of several requests merged into one engine call, for an
+    in-process engine without step-level scheduling of its own (one call at a time)."""
+
+    def __init__(self, engine: Any, workers: int = 1) -> None:
+        self.engine = engine
+        self.tokenizer = getattr(engine, "tokenizer", None)
+        self._queue: deque[_Call] = deque()
+        self._cond = threading.Condition()
+        self._closed = False
+        for i in range(workers):
+            threading.Thread(target=self._work, name=f"scoreops-engine-{i}",
+                             daemon=True).start()
+
+    def call(self, control: RequestControl, conversations: Sequence[Conversation], params: Any,
+             prompt_token_ids: Sequence[Sequence[int]] | None) -> list[list[Any]]:
+        call = _Call(list(conversations), params,
+                     None if prompt_token_ids is None else [list(p) for p in prompt_token_ids])
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("the engine is closed")
+            self._queue.append(call)
+            self._cond.notify()
+
+        def withdraw() -> None:
+            with self._cond:
+                if call in self._queue:
+                    self._queue.remove(call)
+                    call.future.set_exception(Cancelled(control.reason))
+
+        remove = control.on_cancel(withdraw)
+        try:
+            return call.future.result()
+        finally:
+            remove()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._closed:
+                    self._cond.wait()
+                if self._closed:
+                    return
+                head = self._queue[0]
+                batch = [c for c in self._queue if c.key == head.key]
+                for c in batch:
+                    self._queue.remove(c)
+            convs = [conv for c in batch for conv in c.conversations]
+            try:
+                if head.prompt_token_ids is None:
+                    outs = self.engine.generate(convs, head.params)
+                else:
+                    ids = [p for c in batch for p in (c.prompt_token_ids or [])]
+                    outs = self.engine.generate(convs, head.params, prompt_token_ids=ids)
+            except Exception as exc:
+                for c in batch:
+                    if not c.future.done():
+                        c.future.set_exception(exc)
+                continue
+            at = 0
+            for c in batch:
+                c.future.set_result(outs[at: at + len(c.conversations)])
+                at += len(c.conversations)
+
+
+class _CallEngine:
+    """A request's engine for backends without a decode loop: the remote predictor (called
+    directly: it is thread-safe and batches on its side) or a coalesced in-process engine."""
+
+    def __init__(self, engine: Any, coalescer: _Coalescer | None,
+                 control: RequestControl) -> None:
+        self._engine = engine
+        self._coalescer = coalescer
+        self._control = control
+        self.tokenizer = getattr(engine, "tokenizer", None)
+
+    def generate(self, conversations: Sequence[Conversation], params: Any, *,
+                 prompt_token_ids: Sequence[Sequence[int]] | None = None) -> list[list[Any]]:
+        if self._coalescer is not None:
+            return self._coalescer.call(self._control, conversations, params, prompt_token_ids)
+        if prompt_token_ids is None:
+            return self._engine.generate(conversations, params)
+        return self._engine.generate(conversations, params, prompt_token_ids=prompt_token_ids)
+
+
 def _consume(future: asyncio.Future) -> None:
     """Retrieve an abandoned request's outcome (nobody awaits it any more)."""
     if not future.cancelled():
@@ -118,10 +241,8 @@ def _conv_key(conv: Sequence[dict[str, Any]]) -> str:
 def _error_from(exc: BaseException) -> ServingError:
     if isinstance(exc, ServingError):
         return exc
-    if isinstance(exc, Abandoned):
-        return ServingError(504, str(exc))
     if isinstance(exc, QueueFull):
-        return ServingError(503, str(exc))
+        return ServingError(429, str(exc), headers={"Retry-After": "1"})
     name = type(exc).__name__
     if name == "RemoteEngineError":
         text = str(exc)
@@ -132,8 +253,12 @@ def _error_from(exc: BaseException) -> ServingError:
     return ServingError(500, f"generation failed: {name}: {exc}")
 
 
+class ClientGone(Exception):
+    """The client disconnected; its request was cancelled (status ``cancelled``)."""
+
+
 class Corrector:
-    """A served model with its strategy, limits and request batching."""
+    """A served model with its strategy, limits, admission control and request execution."""
 
     def __init__(self, config: ServingConfig, backend: LoadedBackend) -> None:
         self.config = config
@@ -141,18 +266,29 @@ class Corrector:
         self.name = config.name
         self.metrics = serving_metrics()
         self._overheads: dict[str, int] = {}
-        # Request checks run on the event loop while a worker thread generates; a fast
+        # Request checks run on the event loop while worker threads generate; a fast
         # tokenizer must not be used from two threads at once, so the checks get their own.
         self._tokenizer = (copy.deepcopy(backend.tokenizer)
                            if backend.tokenizer is not None else None)
         lim = config.limits
-        self.batcher = Batcher(
-            self._run_batch, max_concurrency=lim.max_concurrency, max_queue=lim.max_queue,
-            workers=config.batch_workers, name=f"scoreops-{config.name}",
-        )
+        self.admission = Admission(max_concurrency=lim.max_concurrency,
+                                   max_queue=lim.max_queue, max_queue_wait=config.queue_wait)
+        # One thread per running request runs its strategy; a cancelled request's thread may
+        # linger until its next engine call returns, hence the headroom.
+        self._pool = ThreadPoolExecutor(max_workers=2 * lim.max_concurrency + 4,
+                                        thread_name_prefix=f"scoreops-{config.name}")
+        self.decoder = backend.decoder
+        self._coalescer = (None if self.decoder is not None or backend.thread_safe
+                           else _Coalescer(backend.engine, config.batch_workers))
+        if self.decoder is not None:
+            batch_size = self.metrics.batch_size.labels(model=self.name)
+            self.decoder.step_hook = lambda rows: batch_size.observe(len(rows))
+            self.metrics.decode_rows.labels(model=self.name).set_function(
+                lambda: self.decoder.running)
         # read at scrape time, so they never go stale
-        self.metrics.queued.labels(model=self.name).set_function(lambda: self.batcher.queued)
-        self.metrics.running.labels(model=self.name).set_function(lambda: self.batcher.running)
+        self.metrics.queued.labels(model=self.name).set_function(lambda: self.admission.queued)
+        self.metrics.running.labels(model=self.name).set_function(
+            lambda: self.admission.running)
 
     @classmethod
     def load(cls, config: ServingConfig) -> Corrector:
@@ -164,8 +300,12 @@ class Corrector:
         return cls(config, backend)
 
     def close(self) -> None:
-        self.batcher.close()
+        self.admission.close()
+        if self._coalescer is not None:
+            self._coalescer.close()
         try:
+            if self.decoder is not None:
+                self.decoder.close()
             self.backend.engine.close()
         except Exception as exc:  # closing must not mask the shutdown
             log.warning("closing the engine: %s", exc)
@@ -287,82 +427,90 @@ class Corrector:
         return PreparedRequest(
             conversations=conversations, n=n, strategy=strategy, params=params,
             timeout=timeout, arrival=arrival, return_attempts=options.return_attempts,
-            prompt_tokens=counts)
+            prompt_tokens=counts, queue_wait=self.config.queue_wait)
 
     # -- running ------------------------------------------------------------------------------
 
-    async def run(self, request: PreparedRequest) -> list[list[ServedResult]]:
-        """The request's answers: per conversation, ``n`` results. Raises ServingError:
-        429 when the server is full, 504 past the deadline (the slot is freed)."""
+    async def admit(self, request: PreparedRequest) -> Slot:
+        """A running slot for ``request``; ServingError 429 when the server is full or no
+        slot frees up within the queue-wait limit."""
         try:
-            job = self.batcher.submit(request.key, request)
+            return await self.admission.enter(request.queue_wait)
         except QueueFull as exc:
             raise ServingError(429, str(exc), headers={"Retry-After": "1"}) from None
-        waiting = asyncio.wrap_future(job.future)
-        try:
-            remaining = request.remaining()
-            if remaining <= 0:
-                raise TimeoutError
-            return await asyncio.wait_for(asyncio.shield(waiting), timeout=remaining)
-        except TimeoutError:
-            self.batcher.abandon(job)
-            waiting.add_done_callback(_consume)
-            raise ServingError(
-                504, f"the request did not finish within its {request.timeout:g} s timeout; "
-                "it was abandoned and its slot freed") from None
-        except asyncio.CancelledError:  # the client went away or the server stops
-            self.batcher.abandon(job)
-            waiting.add_done_callback(_consume)
-            raise
-        except ServingError:
-            raise
-        except Exception as exc:
-            raise _error_from(exc) from exc
 
-    def _run_batch(self, jobs: list[Job]) -> None:
+    async def run(self, request: PreparedRequest, *, control: RequestControl | None = None,
+                  emit: Callable[[int, str], None] | None = None,
+                  slot: Slot | None = None) -> list[list[ServedResult]]:
+        """The request's answers: per conversation, ``n`` results.
+
+        ``emit(choice, text)`` receives the final turn's text as it is generated (from the
+        decode thread; backends with a decoder only): pieces that concatenate to a prefix of
+        each choice's final text (the rest is the caller's to send from the answers).
+
+        Takes a running slot (or uses ``slot``) and releases it on return. Raises
+        ServingError: 429 when no slot is free in time, 504 once the request ran for its
+        timeout (its work is cancelled). If the awaiting task is cancelled (the client went
+        away) the request's work stops at the next decoding step.
+        """
+        control = control or RequestControl()
+        stream = None
+        if emit is not None and self.decoder is not None:
+            stream = TextStream(self.decoder.tokenizer, emit, request.params.stop)
+        if slot is None:
+            slot = await self.admit(request)
+        loop = asyncio.get_running_loop()
         try:
-            self._run_jobs(jobs)
-        except Abandoned:
-            raise
-        except Exception:
-            if len(jobs) == 1:
+            work = loop.run_in_executor(self._pool, self._execute, request, control, stream)
+            try:
+                return await asyncio.wait_for(asyncio.shield(work), timeout=request.timeout)
+            except TimeoutError:
+                control.cancel("timeout")
+                work.add_done_callback(_consume)
+                raise ServingError(
+                    504, f"the request did not finish within its {request.timeout:g} s "
+                    "timeout; it was cancelled and its slot freed") from None
+            except asyncio.CancelledError:  # the client went away or the server stops
+                control.cancel("client disconnected")
+                work.add_done_callback(_consume)
                 raise
-            # one bad request must not fail its batch-mates: run each alone
-            log.warning("a batch of %d failed; running its requests one by one", len(jobs))
-            for job in jobs:
-                if job.future.done() or job.abandoned:
-                    continue
-                try:
-                    self._run_jobs([job])
-                except Exception as exc:
-                    if not job.future.done():
-                        job.future.set_exception(_error_from(exc))
+            except Cancelled:
+                raise ServingError(499, f"the request was cancelled ({control.reason})") from None
+            except ServingError:
+                raise
+            except Exception as exc:
+                raise _error_from(exc) from exc
+        finally:
+            slot.release()
 
-    def _run_jobs(self, jobs: list[Job]) -> None:
+    def _engine_for(self, request: PreparedRequest, control: RequestControl,
+                    stream: TextStream | None) -> Any:
+        if self.decoder is not None:
+            return RequestEngine(self.decoder, control, stream=stream,
+                                 stream_call=request.stream_call, choices=request.choices)
+        return _CallEngine(self.backend.engine, self._coalescer, control)
+
+    def _execute(self, request: PreparedRequest, control: RequestControl,
+                 stream: TextStream | None) -> list[list[ServedResult]]:
+        """Run the request's strategy (in a worker thread)."""
         from scoreops.strategies import run_strategy
 
-        first: PreparedRequest = jobs[0].payload
+        control.check()
         convs: list[Conversation] = []
-        for job in jobs:
-            req: PreparedRequest = job.payload
-            for conv in req.conversations:
-                convs.extend([conv] * req.n)
-        self.metrics.batch_size.labels(model=self.name).observe(len(jobs))
-        engine = _BatchEngine(self.backend.engine, jobs)
-        results = run_strategy(engine, convs, first.strategy, first.params)
+        for conv in request.conversations:
+            convs.extend([conv] * request.n)
+        engine = _Recording(self._engine_for(request, control, stream), control)
+        results = run_strategy(engine, convs, request.strategy, request.params)
+        answers: list[list[ServedResult]] = []
         at = 0
-        for job in jobs:
-            req = job.payload
-            answers: list[list[ServedResult]] = []
-            for _ in req.conversations:
-                chunk = results[at: at + req.n]
-                at += req.n
-                answers.append([
-                    ServedResult(r, engine.finish_reason(r.attempts[-1].messages, r.final_text))
-                    for r in chunk])
-            self._account(req.strategy.name, answers)
-            if not job.future.done():
-                job.future.set_result(answers)
+        for _ in request.conversations:
+            chunk = results[at: at + request.n]
+            at += request.n
+            answers.append([
+                ServedResult(r, engine.finish_reason(r.attempts[-1].messages, r.final_text))
+                for r in chunk])
+        self._account(request.strategy.name, answers)
+        return answers
 
     def _account(self, strategy: str, answers: list[list[ServedResult]]) -> None:
         m = self.metrics

@@ -23,8 +23,12 @@ class ServingMetrics:
     queued: Any
     running: Any
     batch_size: Any
+    decode_rows: Any
 
-    def observe_request(self, model: str, route: str, status: int, seconds: float) -> None:
+    def observe_request(self, model: str, route: str, status: int | str,
+                        seconds: float) -> None:
+        """Count one answered request; ``status`` is the HTTP status, or ``cancelled`` for a
+        request whose client went away before its answer."""
         self.requests.labels(model=model, route=route, status=str(status)).inc()
         self.latency.labels(model=model, route=route).observe(seconds)
 
@@ -42,7 +46,8 @@ def serving_metrics() -> ServingMetrics:
 
             _metrics = ServingMetrics(
                 requests=Counter(
-                    "scoreops_requests", "Requests answered, by route and HTTP status.",
+                    "scoreops_requests", "Requests by route and outcome: the HTTP status, or "
+                    "'cancelled' when the client went away first.",
                     ["model", "route", "status"]),
                 latency=Histogram(
                     "scoreops_request_latency_seconds",
@@ -58,10 +63,14 @@ def serving_metrics() -> ServingMetrics:
                     "scoreops_completion_tokens", "Tokens generated, all turns.", ["model"]),
                 queued=Gauge("scoreops_requests_queued", "Admitted requests waiting.",
                              ["model"]),
-                running=Gauge("scoreops_requests_running", "Requests in running batches.",
+                running=Gauge("scoreops_requests_running", "Requests being served.",
                               ["model"]),
                 batch_size=Histogram(
-                    "scoreops_batch_size", "Requests per generation batch.", ["model"],
+                    "scoreops_batch_size", "Rows per decoding step (hf backend: every "
+                    "running completion of every request shares the step).", ["model"],
                     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256)),
+                decode_rows=Gauge("scoreops_decode_rows",
+                                  "Completions in the running decode batch (hf backend).",
+                                  ["model"]),
             )
         return _metrics

@@ -6,8 +6,14 @@ with OpenAI); every failure becomes an HTTP 400 whose JSON names the offending f
     {"error": {"message": "messages.0.role: Input should be 'system', 'user', 'assistant' or
      'developer'", "type": "invalid_request_error", "param": "messages.0.role", "code": null}}
 
-Unknown top-level fields are ignored (clients send ``user``, ``logprobs``, penalties, …);
-the ``scoreops`` extension object is strict, so a misspelt option is an error.
+Nothing a client asks for is silently ignored. Fields that would change the answer and are
+not implemented (``tools``, ``tool_choice``, ``functions``, ``function_call``,
+``response_format`` other than text, ``logprobs``, ``top_logprobs``, penalties,
+``logit_bias``, ``best_of``, ``suffix``, audio, …) are accepted only at their neutral value
+(``null``, ``false``, ``0``, ``[]``, ``{"type": "text"}``) and otherwise refused with a 400
+naming the field; so is any field this server does not know. Metadata that does not change
+the answer (``user``, ``metadata``, ``store``, ``service_tier``, ...) is accepted. The
+``scoreops`` extension object is strict too, so a misspelt option is an error.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from pydantic import (
     Field,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 from scoreops.api.common import StrategyName
@@ -37,7 +44,13 @@ Role = Literal["system", "user", "assistant", "developer"]
 
 _ERROR_TYPES = {
     400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
     404: "not_found_error",
+    405: "invalid_request_error",
+    413: "invalid_request_error",
+    415: "invalid_request_error",
+    422: "invalid_request_error",
     429: "overloaded_error",
     500: "server_error",
     502: "upstream_error",
@@ -93,22 +106,58 @@ def validation_error(exc: ValidationError) -> ServingError:
         return ServingError(400, "body: must be a JSON object", param="body")
     first = _loc(tuple(errors[0].get("loc", ())))
     described = "; ".join(dict.fromkeys(
-        f"{_loc(tuple(e.get('loc', ())))}: {e.get('msg')}" for e in errors))
+        f"{_loc(tuple(e.get('loc', ())))}: {_msg(e)}" for e in errors))
     return ServingError(400, described, param=first)
 
 
+def _msg(error: Any) -> str:
+    if error.get("type") == "extra_forbidden":
+        return "not supported by this server (unknown field)"
+    return str(error.get("msg", "")).removeprefix("Value error, ")
+
+
+#: accepted and ignored: they do not change the answer
+_METADATA = ("user", "metadata", "store", "service_tier", "safety_identifier",
+             "prompt_cache_key", "parallel_tool_calls")
+
+_UNSUPPORTED = "not supported by this server"
+
+
+def _neutral(value: Any, *neutral: Any) -> bool:
+    return value is None or any(value == n and type(value) is type(n) for n in neutral)
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(strict=True, extra="ignore")
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_metadata(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            return {k: v for k, v in data.items() if k not in _METADATA}
+        return data
 
 
 class ChatMessage(BaseModel):
-    """One message. ``content`` is a string or a list of ``{"type": "text", "text": …}``."""
+    """One message. ``content`` is a string or a list of ``{"type": "text", "text": …}``;
+    tool calls and audio are refused."""
 
-    model_config = ConfigDict(strict=True, extra="ignore")
+    model_config = ConfigDict(strict=True, extra="forbid")
 
     role: Role
     content: str
     name: str | None = None
+    tool_calls: Any = None
+    function_call: Any = None
+    audio: Any = None
+    refusal: Any = None
+
+    @field_validator("tool_calls", "function_call", "audio")
+    @classmethod
+    def _unsupported(cls, value: Any) -> Any:
+        if not _neutral(value, []):
+            raise ValueError(f"{_UNSUPPORTED}: messages carry text only")
+        return value
 
     @field_validator("content", mode="before")
     @classmethod
@@ -144,9 +193,10 @@ class ScoreopsOptions(BaseModel):
 
 
 class StreamOptions(BaseModel):
-    model_config = ConfigDict(strict=True, extra="ignore")
+    model_config = ConfigDict(strict=True, extra="forbid")
 
     include_usage: bool = False
+    include_obfuscation: bool | None = None  # no obfuscation padding is sent
 
 
 Stop = str | Annotated[list[str], Field(max_length=4)]
@@ -164,6 +214,41 @@ class _Generation(_Strict):
     stream: bool = False
     stream_options: StreamOptions | None = None
     scoreops: ScoreopsOptions = Field(default_factory=ScoreopsOptions)
+    # accepted only at their neutral values: anything else is refused, naming the field
+    logprobs: Any = None
+    top_logprobs: Any = None
+    presence_penalty: Any = None
+    frequency_penalty: Any = None
+    logit_bias: Any = None
+
+    @field_validator("logprobs")
+    @classmethod
+    def _no_logprobs(cls, value: Any) -> Any:
+        if not _neutral(value, False, 0):
+            raise ValueError(f"{_UNSUPPORTED}: token log-probabilities are not returned "
+                             "(the answer comes from a multi-turn strategy)")
+        return value
+
+    @field_validator("top_logprobs")
+    @classmethod
+    def _no_top_logprobs(cls, value: Any) -> Any:
+        if not _neutral(value, 0):
+            raise ValueError(f"{_UNSUPPORTED}: token log-probabilities are not returned")
+        return value
+
+    @field_validator("presence_penalty", "frequency_penalty")
+    @classmethod
+    def _no_penalty(cls, value: Any) -> Any:
+        if not _neutral(value, 0, 0.0):
+            raise ValueError(f"{_UNSUPPORTED}: only 0 (no penalty) is accepted")
+        return value
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _no_bias(cls, value: Any) -> Any:
+        if not _neutral(value, {}):
+            raise ValueError(f"{_UNSUPPORTED}: only an empty bias is accepted")
+        return value
 
     @field_validator("stop")
     @classmethod
@@ -190,6 +275,53 @@ class ChatCompletionRequest(_Generation):
     """``POST /openai/v1/chat/completions``."""
 
     messages: list[ChatMessage] = Field(min_length=1)
+    tools: Any = None
+    tool_choice: Any = None
+    functions: Any = None
+    function_call: Any = None
+    response_format: Any = None
+    modalities: Any = None
+    audio: Any = None
+    prediction: Any = None
+    web_search_options: Any = None
+    reasoning_effort: Any = None
+
+    @field_validator("tools", "functions")
+    @classmethod
+    def _no_tools(cls, value: Any) -> Any:
+        if not _neutral(value, []):
+            raise ValueError(f"{_UNSUPPORTED}: the model answers in text; tool and function "
+                             "calling are not available")
+        return value
+
+    @field_validator("tool_choice", "function_call")
+    @classmethod
+    def _no_tool_choice(cls, value: Any) -> Any:
+        if not _neutral(value, "none"):
+            raise ValueError(f"{_UNSUPPORTED}: only \"none\" is accepted (no tools)")
+        return value
+
+    @field_validator("response_format")
+    @classmethod
+    def _text_only(cls, value: Any) -> Any:
+        if not _neutral(value, {"type": "text"}):
+            raise ValueError(f"{_UNSUPPORTED}: only {{\"type\": \"text\"}} is accepted "
+                             "(structured JSON output is not enforced)")
+        return value
+
+    @field_validator("modalities")
+    @classmethod
+    def _text_modality(cls, value: Any) -> Any:
+        if not _neutral(value, ["text"]):
+            raise ValueError(f"{_UNSUPPORTED}: only [\"text\"] is accepted")
+        return value
+
+    @field_validator("audio", "prediction", "web_search_options", "reasoning_effort")
+    @classmethod
+    def _unsupported(cls, value: Any) -> Any:
+        if value is not None:
+            raise ValueError(_UNSUPPORTED)
+        return value
 
 
 class CompletionRequest(_Generation):
@@ -197,6 +329,23 @@ class CompletionRequest(_Generation):
 
     prompt: str | list[str]
     echo: bool = False
+    best_of: Any = None
+    suffix: Any = None
+
+    @field_validator("best_of")
+    @classmethod
+    def _no_best_of(cls, value: Any) -> Any:
+        if not _neutral(value, 1):
+            raise ValueError(f"{_UNSUPPORTED}: use \"scoreops\": {{\"strategy\": "
+                             "\"best-of-n\"} to rank several samples")
+        return value
+
+    @field_validator("suffix")
+    @classmethod
+    def _no_suffix(cls, value: Any) -> Any:
+        if not _neutral(value, ""):
+            raise ValueError(f"{_UNSUPPORTED}: no insertion after the completion")
+        return value
 
     @field_validator("prompt")
     @classmethod

@@ -38,6 +38,16 @@ def _server_class() -> Any:
     from kserve.constants.constants import FASTAPI_APP_IMPORT_STRING
     from kserve.protocol.rest.server import RESTServer
 
+    from scoreops.serving.openai_routes import register_error_handler
+
+    class ScoreopsRESTServer(RESTServer):
+        """KServe's REST server with the correction layer's error handlers registered after
+        KServe's own (which would otherwise replace them)."""
+
+        def _add_exception_handlers(self, app: Any) -> None:
+            super()._add_exception_handlers(app)
+            register_error_handler(app)
+
     class ScoreopsModelServer(ModelServer):
         """``kserve.ModelServer`` with a bind address (one REST worker, no gRPC)."""
 
@@ -52,7 +62,7 @@ def _server_class() -> Any:
                 super().start(models)  # KServe's own path (binds 0.0.0.0)
                 return
             self._register_and_check_atleast_one_model_is_ready(models)
-            self._rest_server = RESTServer(
+            self._rest_server = ScoreopsRESTServer(
                 FASTAPI_APP_IMPORT_STRING, self.dataplane, self.model_repository_extension,
                 self.http_port, access_log_format=self.access_log_format, workers=1,
                 grace_period=self.grace_period, event_loop=self.event_loop,
@@ -87,7 +97,7 @@ def run_server(config: ServingConfig, host: str = "127.0.0.1", port: int = 8080,
     model = CorrectorModel(config)
     model.load()
     assert model.corrector is not None
-    register_error_handler(model_server.app)
+    register_error_handler(model_server.app)  # again once KServe added its handlers
     register_openai_routes(model_server.app, model.corrector)
     server = _server_class()(host=host, http_port=port)
     log.info("scoreops serving %r on http://%s:%d (OpenAI API under /openai/v1)",

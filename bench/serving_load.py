@@ -1,0 +1,276 @@
+"""Serving under concurrent load: N clients with the official ``openai`` async client.
+
+Starts the real server on loopback (``scoreops serve`` with its defaults, and/or the
+CorrectorService example ``manifests/examples/correctorservice-tiny.yaml`` through
+``scoreops run``) on the small model, then for each concurrency level N runs N clients at
+once, each sending ``--rounds`` chat requests one after the other (more at small N, so
+that every level holds at least ``--min-requests``), first with the served
+strategy (self-correct, 2 turns) and then with a single-turn baseline on the same server and
+backend (``"scoreops": {"strategy": "single"}``), and reports per level and strategy:
+
+* throughput in generated tokens/s (``usage.completion_tokens`` summed over answered requests,
+  over the wall time of the level) and requests/s;
+* p50 / p95 latency of the answered requests;
+* errors by HTTP status (429, 504, ...; ``conn`` for transport errors).
+
+and the ratios that matter, all measured in the same run on the same server: throughput at N
+over throughput at N = 1 (sequential service), p95 at N over the p50 of one request alone
+(N = 1), and self-correct over single.
+
+    python bench/serving_load.py                           # both profiles, N = 1, 8, 12, 20
+    python bench/serving_load.py --profiles default --levels 1 8 20 --rounds 2
+    PYTHONPATH=/work/main/python python bench/serving_load.py --output before.json
+
+The server runs from whatever ``scoreops`` the interpreter imports (``PYTHONPATH``), so the
+same script measures two versions of the code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL = "builtin://smollm2-135m-instruct"
+EXAMPLE = ROOT / "manifests" / "examples" / "correctorservice-tiny.yaml"
+
+PROMPTS = [
+    "What is 17 + 25?",
+    "A shop sells pens at 3 dollars each. How much do 12 pens cost?",
+    "What is 9 times 8?",
+    "Tom has 45 apples and gives away 17. How many are left?",
+    "What is 144 divided by 12?",
+    "A train travels 60 km per hour for 3 hours. How far does it go?",
+    "What is the square of 15?",
+    "Sara reads 20 pages a day. How many pages does she read in a week?",
+    "What is 1000 minus 387?",
+    "If a rectangle is 7 cm by 9 cm, what is its area?",
+    "What is 25 percent of 80?",
+    "A box holds 6 eggs. How many boxes are needed for 50 eggs?",
+    "What is 13 + 29 + 8?",
+    "How many minutes are in 3.5 hours?",
+    "What is 2 to the power of 10?",
+    "A bike costs 240 dollars after a 20 percent discount. What was the price before?",
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    k = (len(ordered) - 1) * q
+    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+
+
+class Server:
+    """``scoreops serve`` (profile ``default``) or ``scoreops run EXAMPLE`` (``example``)."""
+
+    def __init__(self, profile: str, model: str, log: Path, torch_threads: int | None) -> None:
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        if profile == "default":
+            args = ["serve", "--model", model, "--port", str(self.port)]
+            if torch_threads:
+                args += ["--torch-threads", str(torch_threads)]
+            self.name = "corrector"
+        else:
+            args = ["run", str(EXAMPLE), "--port", str(self.port)]
+            self.name = "tiny-corrector"
+        self.log_path = log
+        self._log = open(log, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen([sys.executable, "-m", "scoreops", *args],
+                                     stdout=self._log, stderr=subprocess.STDOUT)
+
+    def wait(self, seconds: float = 900) -> None:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            if self.proc.poll() is not None:
+                raise SystemExit(f"server exited:\n{self.log_path.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{self.url}/v2/health/ready", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        raise SystemExit("server not ready")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self._log.close()
+
+
+async def _level(server: Server, strategy: str, clients: int, rounds: int, max_tokens: int,
+                 timeout: float) -> dict[str, Any]:
+    import openai
+
+    lat: list[float] = []
+    tokens = 0
+    errors: dict[str, int] = {}
+
+    async with openai.AsyncOpenAI(base_url=f"{server.url}/openai/v1", api_key="unused",
+                                  max_retries=0, timeout=timeout) as client:
+
+        async def one(prompt: str) -> None:
+            nonlocal tokens
+            start = time.perf_counter()
+            try:
+                resp = await client.chat.completions.create(
+                    model=server.name, messages=[{"role": "user", "content": prompt}],
+                    max_tokens=max_tokens, temperature=0.0,
+                    extra_body={"scoreops": {"strategy": strategy}})
+            except openai.APIStatusError as exc:
+                errors[str(exc.status_code)] = errors.get(str(exc.status_code), 0) + 1
+                return
+            except openai.APIError as exc:
+                kind = type(exc).__name__
+                errors[kind] = errors.get(kind, 0) + 1
+                return
+            lat.append(time.perf_counter() - start)
+            tokens += resp.usage.completion_tokens if resp.usage else 0
+
+        async def client_loop(c: int) -> None:
+            for r in range(rounds):
+                await one(PROMPTS[(c * rounds + r) % len(PROMPTS)])
+
+        start = time.perf_counter()
+        await asyncio.gather(*[client_loop(c) for c in range(clients)])
+        wall = time.perf_counter() - start
+    return {
+        "strategy": strategy, "clients": clients, "requests": clients * rounds,
+        "answered": len(lat), "errors": errors, "wall_s": wall,
+        "tokens_per_s": tokens / wall, "requests_per_s": len(lat) / wall,
+        "p50_s": statistics.median(lat) if lat else float("nan"),
+        "p95_s": _percentile(lat, 0.95), "generated_tokens": tokens,
+    }
+
+
+def run_profile(profile: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    server = Server(profile, args.model, tmp / f"server-{profile}.log", args.torch_threads)
+    rows: list[dict[str, Any]] = []
+    try:
+        server.wait()
+        strategies = ["self-correct", "single"]
+        # warm-up: the first requests pay for lazy initialisation
+        for s in strategies:
+            asyncio.run(_level(server, s, 1, 1, args.max_tokens, args.client_timeout))
+        for n in args.levels:
+            rounds = max(args.rounds, -(-args.min_requests // n))
+            for s in strategies:
+                row = asyncio.run(_level(server, s, n, rounds, args.max_tokens,
+                                         args.client_timeout))
+                row["profile"] = profile
+                rows.append(row)
+                print(f"{profile:8s} {s:13s} N={n:<3d} {row['tokens_per_s']:8.1f} tok/s "
+                      f"p50 {row['p50_s']:7.2f} s p95 {row['p95_s']:7.2f} s "
+                      f"errors {row['errors'] or 0}", flush=True)
+    finally:
+        server.stop()
+    return {"profile": profile, "rows": rows, "ratios": _ratios(rows)}
+
+
+def _ratios(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for s in ("self-correct", "single"):
+        by_n = {r["clients"]: r for r in rows if r["strategy"] == s}
+        base = by_n.get(1)
+        if not base:
+            continue
+        for n, r in sorted(by_n.items()):
+            if n == 1:
+                continue
+            out[f"{s} N={n}"] = {
+                "throughput_over_sequential": r["tokens_per_s"] / base["tokens_per_s"],
+                "p95_over_single_request_p50": r["p95_s"] / base["p50_s"],
+            }
+    for r in rows:
+        if r["strategy"] != "self-correct":
+            continue
+        single = next((x for x in rows if x["strategy"] == "single"
+                       and x["clients"] == r["clients"]), None)
+        if single:
+            out.setdefault("self-correct over single", {})[f"N={r['clients']}"] = {
+                "p50": r["p50_s"] / single["p50_s"],
+                "throughput": r["tokens_per_s"] / single["tokens_per_s"]}
+    return out
+
+
+def _table(results: list[dict[str, Any]]) -> str:
+    lines = ["| profile | strategy | N | requests | tok/s | req/s | p50 s | p95 s | errors | "
+             "tok/s vs N=1 | p95 / p50(N=1) |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: |"]
+    for res in results:
+        for r in res["rows"]:
+            base = next(x for x in res["rows"] if x["strategy"] == r["strategy"]
+                        and x["clients"] == 1) if any(
+                x["clients"] == 1 for x in res["rows"]) else None
+            speed = f"{r['tokens_per_s'] / base['tokens_per_s']:.2f}×" if base else "-"
+            tail = f"{r['p95_s'] / base['p50_s']:.2f}×" if base else "-"
+            errs = ", ".join(f"{v}×{k}" for k, v in sorted(r["errors"].items())) or "0"
+            lines.append(f"| {r['profile']} | {r['strategy']} | {r['clients']} | "
+                         f"{r['requests']} | {r['tokens_per_s']:.1f} | {r['requests_per_s']:.2f}"
+                         f" | {r['p50_s']:.2f} | {r['p95_s']:.2f} | {errs} | {speed} | {tail} |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default=MODEL, help="model URI for the default profile")
+    ap.add_argument("--profiles", nargs="+", default=["default", "example"],
+                    choices=["default", "example"])
+    ap.add_argument("--levels", nargs="+", type=int, default=[1, 8, 12, 20],
+                    help="concurrent clients")
+    ap.add_argument("--rounds", type=int, default=1, help="requests per client per level")
+    ap.add_argument("--min-requests", type=int, default=3,
+                    help="clients send more rounds until a level holds this many requests")
+    ap.add_argument("--max-tokens", type=int, default=16, help="max_tokens per request")
+    ap.add_argument("--torch-threads", type=int, default=None,
+                    help="torch CPU threads of the default profile's server")
+    ap.add_argument("--client-timeout", type=float, default=900.0,
+                    help="client-side timeout (s); the server's own limits answer first")
+    ap.add_argument("--output", type=Path, default=None, help="write the results as JSON")
+    args = ap.parse_args()
+
+    results = []
+    with tempfile.TemporaryDirectory(prefix="scoreops-load-") as tmp:
+        for profile in args.profiles:
+            results.append(run_profile(profile, args, Path(tmp)))
+    code = os.environ.get("PYTHONPATH", "")
+    report = {"model": args.model, "max_tokens": args.max_tokens, "rounds": args.rounds,
+              "levels": args.levels, "pythonpath": code, "results": results}
+    print(_table(results))
+    for res in results:
+        for k, v in res["ratios"].items():
+            print(f"{res['profile']} {k}: {json.dumps(v)}")
+    if args.output:
+        args.output.write_text(json.dumps(report, indent=2))
+        print(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,549 @@
+"""Continuous batching for the ``hf`` backend: rows join and leave a running batch between
+decoding steps.
+
+:class:`DecodeLoop` owns the transformers model in one thread. Each *row* is one completion to
+generate (a prompt's token ids, its sampling settings, an optional per-token callback and a
+future for the :class:`~scoreops.rollout.Completion`). Rows of any request, any turn and any
+sampling settings share the batch:
+
+* between two decoding steps the loop drops the rows that finished or were cancelled, and
+  admits waiting rows up to ``max_rows``: each new row's prompt is run through the model
+  alone (its *prefill*), and its key/value states are merged into the batch's cache;
+* the batch's cache is LEFT-aligned per row: row ``i``'s ``n_i`` fed tokens occupy the last
+  ``n_i`` columns, columns before them are masked out, and positions come from each row's own
+  count, so a row decodes as it would alone. Whenever membership changes the common left
+  padding is trimmed;
+* one decoding step feeds every row its last sampled token; each row is sampled from its own
+  ``torch.Generator`` (seeded per row, so a seeded request gets the same samples whatever
+  shares its batch) or greedily;
+* a finished row's states are kept in a :class:`~scoreops.rollout.prefix_cache.PrefixCache`, so
+  the next turn of the same conversation (turn ``t``'s prompt + completion + the correction
+  instruction) only runs the new tail through the model;
+* a cancelled row (its client went away or its deadline passed) leaves the batch at the next
+  step boundary: the work stops there, and its future raises :class:`Cancelled`.
+
+:class:`RequestEngine` is the :class:`~scoreops.rollout.RolloutEngine` one request's strategy
+runs on (in its own thread): each ``generate`` call (a turn) submits its rows to the shared
+loop and waits for them, so requests at different turns are decoded together. It can stream
+the tokens of one call (the final turn) as they are generated.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from concurrent.futures import wait as wait_futures
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from scoreops.rollout.types import Completion, Conversation, SamplingParams
+
+if TYPE_CHECKING:
+    import torch
+
+log = logging.getLogger("scoreops.serving")
+
+__all__ = ["Cancelled", "DecodeLoop", "RequestControl", "RequestEngine", "Row", "TextStream"]
+
+
+class Cancelled(RuntimeError):
+    """The request was cancelled (client gone or deadline passed); its rows stopped."""
+
+
+@dataclass(eq=False)
+class Row:
+    """One completion to generate.
+
+    ``on_token`` is called in the loop's thread after every sampled token with the row (read
+    ``generated``); it must be quick and must not raise.
+    """
+
+    prompt: list[int]
+    params: SamplingParams
+    seed: int
+    on_token: Callable[[Row], None] | None = None
+    future: Future = field(default_factory=Future)
+    cancelled: bool = False
+    generated: list[int] = field(default_factory=list)
+    # loop state
+    fed: int = 0  # tokens whose states are in the cache
+    generator: Any = None
+    finish: str | None = None
+
+    @property
+    def streaming(self) -> bool:
+        return self.on_token is not None
+
+
+class DecodeLoop:
+    """A thread decoding every admitted row of every request in one running batch.
+
+    Args:
+        model: a causal LM (transformers), on its device, in eval mode.
+        tokenizer: its tokenizer (EOS ids, stop-string checks, decoding).
+        max_rows: most rows decoded at once; more wait for a free place.
+        prefix_cache_bytes: memory for finished rows' states (reused by their next turn).
+        step_hook: called in the loop thread before each decoding step with the running rows
+            (instrumentation and tests).
+    """
+
+    def __init__(self, model: Any, tokenizer: Any, *, max_rows: int = 16,
+                 prefix_cache_bytes: int = 256 << 20,
+                 step_hook: Callable[[list[Row]], None] | None = None,
+                 name: str = "scoreops-decode") -> None:
+        from scoreops.rollout.hf import _eos_ids
+        from scoreops.rollout.prefix_cache import PrefixCache
+
+        if max_rows < 1:
+            raise ValueError(f"max_rows must be >= 1, got {max_rows}")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.device = model.device
+        self.max_rows = max_rows
+        self.eos = _eos_ids(model, tokenizer)
+        self.prefix_cache = PrefixCache(prefix_cache_bytes)
+        self.step_hook = step_hook
+        # transformers 5.24 renamed forward's ``past_key_values`` to ``cache``
+        params = inspect.signature(model.forward).parameters
+        self._cache_kw = "cache" if "cache" in params else "past_key_values"
+        #: prompt tokens whose states came from an earlier turn instead of a prefill
+        self.reused_tokens = 0
+        #: decoding steps run and rows finished (for metrics and tests)
+        self.steps = 0
+        self.finished_rows = 0
+        self.cancelled_rows = 0
+        self.generated_tokens = 0
+        self._pending: deque[Row] = deque()
+        self._rows: list[Row] = []
+        self._cache: Any = None
+        self._mask: torch.Tensor | None = None
+        self._cond = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    # -- client side ------------------------------------------------------------------------
+
+    @property
+    def running(self) -> int:
+        return len(self._rows)
+
+    @property
+    def waiting(self) -> int:
+        with self._cond:
+            return len(self._pending)
+
+    def submit(self, rows: Sequence[Row]) -> None:
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("the decode loop is closed")
+            self._pending.extend(rows)
+            self._cond.notify_all()
+
+    def cancel(self, rows: Sequence[Row]) -> None:
+        """Stop ``rows`` at the next step boundary (a no-op for finished rows)."""
+        with self._cond:
+            for row in rows:
+                row.cancelled = True
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._thread.join(timeout=30)
+
+    # -- loop -------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        import torch
+
+        while True:
+            with self._cond:
+                while not self._closed and not self._pending and not self._rows:
+                    self._cond.wait()
+                if self._closed:
+                    break
+                joining: list[Row] = []
+                kept: deque[Row] = deque()
+                room = self.max_rows - len(self._rows)
+                while self._pending:
+                    row = self._pending.popleft()
+                    if row.cancelled:
+                        self._fail(row, Cancelled("cancelled before it started"))
+                    elif len(joining) < room:
+                        joining.append(row)
+                    else:
+                        kept.append(row)
+                self._pending = kept
+            try:
+                with torch.inference_mode():
+                    self._admit(joining)
+                    if self._rows:
+                        if self.step_hook is not None:
+                            self.step_hook(list(self._rows))
+                        self._step()
+            except Exception as exc:  # a failed step fails the rows it held, not the server
+                log.exception("decoding step failed")
+                for row in [*self._rows, *joining]:
+                    self._fail(row, exc)
+                self._rows, self._cache, self._mask = [], None, None
+        for row in [*self._rows, *self._pending]:
+            self._fail(row, RuntimeError("the server is shutting down"))
+        self._rows, self._cache, self._mask = [], None, None
+
+    def _fail(self, row: Row, exc: BaseException) -> None:
+        if isinstance(exc, Cancelled):
+            self.cancelled_rows += 1
+        if not row.future.done():
+            row.future.set_exception(exc)
+
+    def _admit(self, joining: list[Row]) -> None:
+        """Drop cancelled rows, prefill new ones and rebuild the batch cache if it changed."""
+        keep = [i for i, r in enumerate(self._rows) if not r.cancelled]
+        dropped = [r for r in self._rows if r.cancelled]
+        states: list[tuple[Row, list[tuple[Any, Any]]]] = []
+        for row in joining:
+            try:
+                layers = self._prefill(row)
+            except Exception as exc:
+                log.warning("prefill failed: %s", exc)
+                self._fail(row, exc)
+                continue
+            if row.finish is not None:
+                self._complete(row, layers)
+            else:
+                states.append((row, layers))
+        if len(keep) != len(self._rows) or states:
+            self._rebuild(keep, states)
+        for r in dropped:  # once they left the batch
+            self._fail(r, Cancelled("cancelled"))
+
+    def _sample_one(self, row: Row, logits: torch.Tensor) -> int:
+        import torch
+
+        p = row.params
+        if p.greedy:
+            return int(logits.argmax().item())
+        if row.generator is None:
+            row.generator = torch.Generator(device=logits.device)
+            row.generator.manual_seed(row.seed)
+        probs = torch.softmax(logits.float() / p.temperature, dim=-1)
+        if p.top_p < 1.0:
+            sorted_probs, order = probs.sort(descending=True)
+            before = sorted_probs.cumsum(-1) - sorted_probs
+            sorted_probs = sorted_probs.masked_fill(before >= p.top_p, 0.0)
+            probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
+        cdf = probs.double().cumsum(-1)
+        u = torch.rand(1, generator=row.generator, dtype=torch.float64, device=logits.device)
+        token = int(torch.searchsorted(cdf, u * cdf[-1], right=True).item())
+        return min(token, probs.shape[-1] - 1)
+
+    def _accept(self, row: Row, token: int) -> None:
+        """Record a sampled token; decide whether the row is finished."""
+        row.generated.append(token)
+        self.generated_tokens += 1
+        if token in self.eos or (row.params.stop and self._hit_stop(row)):
+            row.finish = "stop"
+        elif len(row.generated) >= row.params.max_new_tokens:
+            row.finish = "length"
+        if row.on_token is not None:
+            try:
+                row.on_token(row)
+            except Exception as exc:  # a broken consumer must not stop the batch
+                log.warning("token callback failed: %s", exc)
+                row.on_token = None
+
+    def _hit_stop(self, row: Row) -> bool:
+        window = 2 * max(len(s) for s in row.params.stop) + 4
+        text = self.tokenizer.decode(row.generated[-window:], skip_special_tokens=False)
+        return any(s in text for s in row.params.stop)
+
+    def _prefill(self, row: Row) -> list[tuple[Any, Any]]:
+        """Run the row's prompt (or its uncached tail) alone; sample its first token."""
+        import torch
+
+        from scoreops.rollout.kv_cache import make_cache
+
+        prompt = row.prompt
+        if not prompt:
+            raise ValueError("empty prompt")
+        cached = self.prefix_cache.lookup(prompt)
+        start = len(cached.tokens) if cached is not None else 0
+        reserve = row.params.max_new_tokens + 1
+        if cached is not None:
+            data = [(k.unsqueeze(0), v.unsqueeze(0)) for k, v in cached.layers]
+            cache = make_cache(self.model.config, reserve + len(prompt) - start, data)
+            self.prefix_cache.discard([cached])
+        else:
+            cache = make_cache(self.model.config, reserve + len(prompt))
+        ids = torch.tensor([prompt[start:]], dtype=torch.long, device=self.device)
+        positions = torch.arange(start, len(prompt), device=self.device)[None]
+        mask = torch.ones((1, len(prompt)), dtype=torch.long, device=self.device)
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                         use_cache=True, logits_to_keep=1, **{self._cache_kw: cache})
+        self.reused_tokens += start
+        row.fed = len(prompt)
+        token = self._sample_one(row, out.logits[0, -1])
+        self._accept(row, token)
+        return [(layer.keys, layer.values) for layer in cache.layers]
+
+    def _rebuild(self, keep: list[int], joins: list[tuple[Row, list[tuple[Any, Any]]]]) -> None:
+        """The batch cache with rows ``keep`` of the current one followed by ``joins``."""
+        import torch
+
+        from scoreops.rollout.kv_cache import make_cache
+
+        rows = [self._rows[i] for i in keep] + [r for r, _ in joins]
+        if not rows:
+            self._rows, self._cache, self._mask = [], None, None
+            return
+        width = max(r.fed for r in rows)
+        old = self._cache.layers if (self._cache is not None and keep) else None
+        old_width = old[0].keys.shape[2] if old else 0
+        idx = torch.tensor(keep, dtype=torch.long, device=self.device) if keep else None
+        data = []
+        n_layers = len(joins[0][1]) if joins else len(old)
+        for layer in range(n_layers):
+            ref = joins[0][1][layer][0] if joins else old[layer].keys
+            _, heads, _, dim = ref.shape
+            vref = joins[0][1][layer][1] if joins else old[layer].values
+            keys = ref.new_zeros((len(rows), heads, width, dim))
+            values = vref.new_zeros((len(rows), vref.shape[1], width, vref.shape[3]))
+            if old:
+                take = min(old_width, width)
+                keys[: len(keep), :, width - take:] = old[layer].keys[idx, :, old_width - take:]
+                values[: len(keep), :, width - take:] = old[layer].values[
+                    idx, :, old_width - take:]
+            for j, (row, layers) in enumerate(joins):
+                k, v = layers[layer]
+                at = len(keep) + j
+                keys[at, :, width - row.fed:] = k[0, :, k.shape[2] - row.fed:]
+                values[at, :, width - row.fed:] = v[0, :, v.shape[2] - row.fed:]
+            data.append((keys, values))
+        reserve = max(r.params.max_new_tokens - len(r.generated) for r in rows) + 1
+        self._cache = make_cache(self.model.config, reserve, data)
+        mask = torch.zeros((len(rows), width), dtype=torch.long, device=self.device)
+        for i, r in enumerate(rows):
+            mask[i, width - r.fed:] = 1
+        self._mask = mask
+        self._rows = rows
+
+    def _step(self) -> None:
+        import torch
+
+        rows = self._rows
+        assert self._mask is not None and self._cache is not None
+        ids = torch.tensor([[r.generated[-1]] for r in rows], dtype=torch.long,
+                           device=self.device)
+        positions = torch.tensor([[r.fed] for r in rows], dtype=torch.long, device=self.device)
+        self._mask = torch.cat(
+            [self._mask, torch.ones((len(rows), 1), dtype=torch.long, device=self.device)], 1)
+        out = self.model(input_ids=ids, attention_mask=self._mask, position_ids=positions,
+                         use_cache=True, **{self._cache_kw: self._cache})
+        self.steps += 1
+        logits = out.logits[:, -1]
+        greedy = logits.argmax(dim=-1).tolist()
+        done: list[int] = []
+        for i, row in enumerate(rows):
+            row.fed += 1
+            if row.cancelled:
+                continue
+            token = greedy[i] if row.params.greedy else self._sample_one(row, logits[i])
+            self._accept(row, token)
+            if row.finish is not None:
+                done.append(i)
+        if done:
+            layers = self._cache.layers
+            finished = [(rows[i], self._finish(rows[i], [(layer.keys[i:i + 1],
+                                                          layer.values[i:i + 1])
+                                                         for layer in layers]))
+                        for i in done]
+            gone = set(done)
+            self._rebuild([i for i in range(len(rows)) if i not in gone], [])
+            for row, completion in finished:  # once they left the batch
+                if not row.future.done():
+                    row.future.set_result(completion)
+
+    def _complete(self, row: Row, layers: list[tuple[Any, Any]]) -> None:
+        completion = self._finish(row, layers)
+        if not row.future.done():
+            row.future.set_result(completion)
+
+    def _finish(self, row: Row, layers: list[tuple[Any, Any]]) -> Completion:
+        """Store the row's states for its next turn; its completion."""
+        from scoreops.rollout.prefix_cache import CachedRow
+
+        tokens = tuple(row.prompt) + tuple(row.generated[: row.fed - len(row.prompt)])
+        kept = [(k[0, :, k.shape[2] - row.fed:].clone(), v[0, :, v.shape[2] - row.fed:].clone())
+                for k, v in layers]
+        nbytes = sum(k.numel() * k.element_size() * 2 for k, _ in kept)
+        self.prefix_cache.store(CachedRow(tokens=tokens, layers=kept, nbytes=nbytes))
+        text = self.tokenizer.decode(row.generated, skip_special_tokens=True)
+        for s in row.params.stop:
+            cut = text.find(s)
+            if cut >= 0:
+                text = text[:cut]
+        self.finished_rows += 1
+        return Completion(text=text, token_ids=list(row.generated),
+                          finish_reason="stop" if row.finish == "stop" else "length")
+
+
+# -- one request's view ------------------------------------------------------------------------
+
+
+class RequestControl:
+    """Cancellation of one request: set by the HTTP layer, seen by its engine calls."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.cancelled = False
+        self.reason = ""
+        self._on_cancel: list[Callable[[], None]] = []
+
+    def cancel(self, reason: str = "cancelled") -> None:
+        with self._lock:
+            if self.cancelled:
+                return
+            self.cancelled, self.reason = True, reason
+            callbacks, self._on_cancel = self._on_cancel, []
+        for cb in callbacks:
+            cb()
+
+    def on_cancel(self, cb: Callable[[], None]) -> Callable[[], None]:
+        """Run ``cb`` on cancellation (at once if already cancelled); returns a remover."""
+        with self._lock:
+            if not self.cancelled:
+                self._on_cancel.append(cb)
+                return lambda: self._remove(cb)
+        cb()
+        return lambda: None
+
+    def _remove(self, cb: Callable[[], None]) -> None:
+        with self._lock:
+            if cb in self._on_cancel:
+                self._on_cancel.remove(cb)
+
+    def check(self) -> None:
+        if self.cancelled:
+            raise Cancelled(self.reason)
+
+
+class TextStream:
+    """Incremental text of streamed rows: ``(choice, text)`` pieces to ``emit``.
+
+    Only text that cannot change any more is emitted: a trailing incomplete UTF-8 character is
+    held back, and so is a tail that could still become a stop string. :meth:`finish` emits the
+    rest of the final text.
+    """
+
+    def __init__(self, tokenizer: Any, emit: Callable[[int, str], None],
+                 stop: Sequence[str] = ()) -> None:
+        self.tokenizer = tokenizer
+        self.emit = emit
+        self.hold = max((len(s) for s in stop), default=1) - 1
+        self.stop = tuple(stop)
+        self.sent: dict[int, str] = {}
+
+    def on_token(self, choice: int) -> Callable[[Row], None]:
+        def callback(row: Row) -> None:
+            if row.finish is not None:
+                return  # the final text (stop strings cut) is sent by finish()
+            text = self.tokenizer.decode(row.generated, skip_special_tokens=True)
+            text = text.rstrip("\ufffd")
+            if self.hold:
+                text = text[: max(0, len(text) - self.hold)]
+            sent = self.sent.get(choice, "")
+            if len(text) > len(sent) and text.startswith(sent):
+                self.sent[choice] = text
+                self.emit(choice, text[len(sent):])
+
+        return callback
+
+    def finish(self, choice: int, final: str) -> None:
+        sent = self.sent.get(choice, "")
+        if not final.startswith(sent):  # cannot happen with prefix-stable decoding
+            log.warning("streamed text is not a prefix of the final text")
+            return
+        if len(final) > len(sent):
+            self.sent[choice] = final
+            self.emit(choice, final[len(sent):])
+
+
+class RequestEngine:
+    """The RolloutEngine one request's strategy runs on: each call's rows go to the shared
+    :class:`DecodeLoop`; the request's :class:`RequestControl` cancels them.
+
+    ``stream_call`` (1-based) is the call whose rows are streamed through ``stream`` when it
+    has one row per choice (the final turn); other calls are not streamed.
+    """
+
+    def __init__(self, loop: DecodeLoop, control: RequestControl, *,
+                 stream: TextStream | None = None, stream_call: int | None = None,
+                 choices: int = 1) -> None:
+        self.loop = loop
+        self.tokenizer = loop.tokenizer
+        self.control = control
+        self.stream = stream
+        self.stream_call = stream_call
+        self.choices = choices
+        self.calls = 0
+        self.streamed_call = False
+
+    def generate(self, conversations: Sequence[Conversation], params: SamplingParams, *,
+                 prompt_token_ids: Sequence[Sequence[int]] | None = None
+                 ) -> list[list[Completion]]:
+        import random
+
+        from scoreops.rollout.chat import encode_conversation
+        from scoreops.rollout.hf import row_seed
+
+        self.control.check()
+        self.calls += 1
+        if prompt_token_ids is None:
+            prompts = [encode_conversation(self.tokenizer, c) for c in conversations]
+        else:
+            prompts = [list(p) for p in prompt_token_ids]
+        base = params.seed if params.seed is not None else random.getrandbits(62)
+        one = SamplingParams(max_new_tokens=params.max_new_tokens,
+                             temperature=params.temperature, top_p=params.top_p, n=1,
+                             seed=params.seed, stop=params.stop)
+        stream = (self.stream is not None and self.calls == self.stream_call
+                  and len(prompts) * params.n == self.choices)
+        rows: list[Row] = []
+        for c, prompt in enumerate(prompts):
+            for s in range(params.n):
+                hook = self.stream.on_token(len(rows)) if stream and self.stream else None
+                rows.append(Row(prompt=prompt, params=one, seed=row_seed(base, c, s),
+                                on_token=hook))
+        self.streamed_call = self.streamed_call or stream
+        remove = self.control.on_cancel(lambda: self.loop.cancel(rows))
+        try:
+            self.loop.submit(rows)
+            wait_futures([r.future for r in rows])
+        finally:
+            remove()
+        self.control.check()
+        outs = [r.future.result() for r in rows]
+        return [outs[c * params.n:(c + 1) * params.n] for c in range(len(prompts))]
+
+    def sync_weights(self, model: Any) -> None:
+        raise NotImplementedError("a served model's weights do not change")
+
+    def close(self) -> None:
+        pass
+
+
+def wait_idle(loop: DecodeLoop, seconds: float = 10.0) -> bool:
+    """True once the loop holds no rows (tests)."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        if not loop.running and not loop.waiting:
+            return True
+        time.sleep(0.01)
+    return False
