@@ -36,6 +36,38 @@ def load_run(path: str):  # -> ScoreRun
 EXIT_STOPPED = 75
 
 
+class StopWindow:
+    """Warns once when a step outlasts the time the pod has to stop after SIGTERM.
+
+    That time is ``SCOREOPS_SHUTDOWN_TIMEOUT`` (torchrun's shutdown window, which the operator
+    derives from the pod's grace period). A stop request arriving during such a step cannot be
+    honoured before SIGKILL: the run then resumes from its last periodic checkpoint.
+    """
+
+    def __init__(self, seconds: float | None) -> None:
+        self.seconds = seconds
+        self.warned = False
+
+    @classmethod
+    def from_env(cls) -> StopWindow:
+        text = os.environ.get("SCOREOPS_SHUTDOWN_TIMEOUT", "").strip()
+        return cls(float(text) if text.replace(".", "", 1).isdigit() else None)
+
+    def check(self, step: dict) -> dict | None:
+        """A warning event for the first step (metrics line) longer than the window."""
+        took = step.get("seconds")
+        if self.seconds is None or self.warned or not isinstance(took, (int, float)) \
+                or took <= self.seconds:
+            return None
+        self.warned = True
+        return {"event": "warning", "step": step.get("step"),
+                "message": (f"step {step.get('step')} took {took:.0f} s, longer than the "
+                            f"{self.seconds:.0f} s this pod has to stop after SIGTERM "
+                            "(eviction, drain): a stop during such a step falls back to the last "
+                            "periodic checkpoint; raise "
+                            "spec.resources.terminationGracePeriodSeconds")}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m scoreops.train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -62,7 +94,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.write(json.dumps(event, default=str) + "\n")
         sys.stdout.flush()
 
-    trainer = Trainer(run, output=args.output, on_step=log, on_event=log, fresh=args.fresh)
+    window = StopWindow.from_env()
+
+    def on_step(metrics: dict) -> None:
+        log(metrics)
+        if rank in (None, "0") and (warning := window.check(metrics)) is not None:
+            log(warning)
+
+    trainer = Trainer(run, output=args.output, on_step=on_step, on_event=log, fresh=args.fresh)
     install_signal_handlers(trainer)
     try:
         result = trainer.run_training()

@@ -302,3 +302,19 @@ def test_vllm_backend_defaults_to_bf16_on_gpu(monkeypatch: pytest.MonkeyPatch, g
     assert cli.config_from_args(args).dtype == want
     hf, _ = cli.build_entrypoint_parser().parse_known_args(["--model", "/mnt/models"])
     assert cli.config_from_args(hf).dtype == "float32"  # hf on CPU keeps float32
+
+
+def test_the_trainer_warns_once_when_a_step_outlasts_the_stop_window(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from scoreops.train import StopWindow
+
+    monkeypatch.setenv("SCOREOPS_SHUTDOWN_TIMEOUT", "570")
+    window = StopWindow.from_env()
+    assert window.check({"step": 1, "seconds": 120.0}) is None
+    warning = window.check({"step": 2, "seconds": 700.0})
+    assert warning is not None and warning["event"] == "warning" and warning["step"] == 2
+    assert "570 s" in warning["message"]
+    assert "terminationGracePeriodSeconds" in warning["message"]
+    assert window.check({"step": 3, "seconds": 900.0}) is None  # once
+    monkeypatch.delenv("SCOREOPS_SHUTDOWN_TIMEOUT")
+    assert StopWindow.from_env().check({"step": 1, "seconds": 1e9}) is None  # no window known
