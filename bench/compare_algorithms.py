@@ -261,8 +261,11 @@ def _fmt_ci(s: dict[str, Any]) -> str:
 
 
 def table(base: dict[str, Any] | None, runs: list[dict[str, Any]], summary: dict[str, Any]) -> str:
-    lines = ["Per run (Wilson 95% for the accuracies, Newcombe paired 95% for Δ):", "",
-             "| arm | seed | steps | gen. tokens | Acc@t1 | Acc@t2 | Δ(t1,t2) | Δi→c | Δc→i |",
+    lines = ["Per run (Wilson 95% for the accuracies, Newcombe paired 95% for Δ; 'signal': "
+             "steps with a non-zero gradient; while the policy is still at the reference, a "
+             "zero gradient means every group's rewards were equal):", "",
+             "| arm | seed | steps (signal) | gen. tokens | Acc@t1 | Acc@t2 | Δ(t1,t2) | Δi→c | "
+             "Δc→i |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
 
     def row(name: str, seed: str, steps: Any, tokens: Any, m: dict[str, Any]) -> str:
@@ -277,8 +280,10 @@ def table(base: dict[str, Any] | None, runs: list[dict[str, Any]], summary: dict
         for label, v in base.items():
             lines.append(row(f"base ({label})", "-", 0, 0, v["metrics"]))
     for r in sorted(runs, key=lambda r: (ARMS.index(r["arm"]), r["seed"])):
+        signal = sum(1 for m in r["per_step"] if m.get("grad_norm", 0.0) > 0)
         lines.append(row(r["arm"] + (" (extrinsic)" if r["arm"] == "oracle" else ""),
-                         str(r["seed"]), r["steps"], r["generated_tokens"], r["metrics"]))
+                         str(r["seed"]), f"{r['steps']} ({signal})", r["generated_tokens"],
+                         r["metrics"]))
     lines += ["", "Across seeds (mean [95% t interval over seeds]):", "",
               "| arm | seeds | gen. tokens | Acc@t1 | Acc@t2 | Δ(t1,t2) | Δi→c | Δc→i |",
               "| --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -290,6 +295,12 @@ def table(base: dict[str, Any] | None, runs: list[dict[str, Any]], summary: dict
         lines.append(f"| {name} | {len(s['seeds'])} | {s['generated_tokens']['mean']:.0f} | "
                      f"{_fmt_ci(s['acc_t1'])} | {_fmt_ci(s['acc_t2'])} | {_fmt_ci(s['delta'])} | "
                      f"{_fmt_ci(s['delta_i2c'])} | {_fmt_ci(s['delta_c2i'])} |")
+    norms = [(r["seed"], m["grad_norm_turn1"], m["grad_norm_turn2"]) for r in runs
+             if r["arm"] == "score" for m in r["per_step"] if "grad_norm_turn1" in m]
+    if norms:
+        lines += ["", "score: gradient norm of each turn's part of the loss per step, before "
+                  "clipping (seed: turn 1 / turn 2):", "",
+                  "; ".join(f"s{s}: {a:.1f} / {b:.1f}" for s, a, b in norms)]
     if summary["contrasts"]:
         lines += ["", "Paired bootstrap over items and seeds (10,000 draws):", "",
                   "| contrast | estimate | 95% interval | P(≤ 0) | seeds | items |",
