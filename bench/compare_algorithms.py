@@ -261,8 +261,11 @@ def _fmt_ci(s: dict[str, Any]) -> str:
 
 
 def table(base: dict[str, Any] | None, runs: list[dict[str, Any]], summary: dict[str, Any]) -> str:
-    lines = ["Per run (Wilson 95% for the accuracies, Newcombe paired 95% for Δ):", "",
-             "| arm | seed | steps | gen. tokens | Acc@t1 | Acc@t2 | Δ(t1,t2) | Δi→c | Δc→i |",
+    lines = ["Per run (Wilson 95% for the accuracies, Newcombe paired 95% for Δ; 'signal': "
+             "steps with a non-zero gradient; while the policy is still at the reference, a "
+             "zero gradient means every group's rewards were equal):", "",
+             "| arm | seed | steps (signal) | gen. tokens | Acc@t1 | Acc@t2 | Δ(t1,t2) | Δi→c | "
+             "Δc→i |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
 
     def row(name: str, seed: str, steps: Any, tokens: Any, m: dict[str, Any]) -> str:
@@ -277,8 +280,10 @@ def table(base: dict[str, Any] | None, runs: list[dict[str, Any]], summary: dict
         for label, v in base.items():
             lines.append(row(f"base ({label})", "-", 0, 0, v["metrics"]))
     for r in sorted(runs, key=lambda r: (ARMS.index(r["arm"]), r["seed"])):
+        signal = sum(1 for m in r["per_step"] if m.get("grad_norm", 0.0) > 0)
         lines.append(row(r["arm"] + (" (extrinsic)" if r["arm"] == "oracle" else ""),
-                         str(r["seed"]), r["steps"], r["generated_tokens"], r["metrics"]))
+                         str(r["seed"]), f"{r['steps']} ({signal})", r["generated_tokens"],
+                         r["metrics"]))
     lines += ["", "Across seeds (mean [95% t interval over seeds]):", "",
               "| arm | seeds | gen. tokens | Acc@t1 | Acc@t2 | Δ(t1,t2) | Δi→c | Δc→i |",
               "| --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -290,6 +295,12 @@ def table(base: dict[str, Any] | None, runs: list[dict[str, Any]], summary: dict
         lines.append(f"| {name} | {len(s['seeds'])} | {s['generated_tokens']['mean']:.0f} | "
                      f"{_fmt_ci(s['acc_t1'])} | {_fmt_ci(s['acc_t2'])} | {_fmt_ci(s['delta'])} | "
                      f"{_fmt_ci(s['delta_i2c'])} | {_fmt_ci(s['delta_c2i'])} |")
+    norms = [(r["seed"], m["grad_norm_turn1"], m["grad_norm_turn2"]) for r in runs
+             if r["arm"] == "score" for m in r["per_step"] if "grad_norm_turn1" in m]
+    if norms:
+        lines += ["", "score: gradient norm of each turn's part of the loss per step, before "
+                  "clipping (seed: turn 1 / turn 2):", "",
+                  "; ".join(f"s{s}: {a:.1f} / {b:.1f}" for s, a, b in norms)]
     if summary["contrasts"]:
         lines += ["", "Paired bootstrap over items and seeds (10,000 draws):", "",
                   "| contrast | estimate | 95% interval | P(≤ 0) | seeds | items |",
@@ -298,6 +309,55 @@ def table(base: dict[str, Any] | None, runs: list[dict[str, Any]], summary: dict
             lines.append(f"| {c['metric']}({c['a']}) − {c['metric']}({c['b']}) | "
                          f"{c['estimate']:+.3f} | [{c['ci'][0]:+.3f}, {c['ci'][1]:+.3f}] | "
                          f"{c['p_le_0']:.3f} | {c['seeds']} | {c['items']} |")
+    return "\n".join(lines) + "\n"
+
+
+def criteria(summary: dict[str, Any]) -> str:
+    """The pre-registered criteria (docs/results.md), each met / not met with its numbers."""
+    arms, base = summary["arms"], summary.get("base", {})
+    contrast = {(c["a"], c["b"], c["metric"]): c for c in summary["contrasts"]}
+
+    def seeds(arm: str) -> int:
+        return len(arms.get(arm, {}).get("seeds", []))
+
+    def interval(s: dict[str, Any]) -> str:
+        return "no interval (1 seed)" if s.get("ci") is None else \
+            f"[{s['ci'][0]:+.3f}, {s['ci'][1]:+.3f}]"
+
+    def above(s: dict[str, Any] | None) -> bool:
+        return s is not None and s.get("ci") is not None and s["ci"][0] > 0
+
+    def verdict(ok: bool) -> str:
+        return "**met**" if ok else "**not met**"
+
+    lines = []
+    c = contrast.get(("score", "grpo", "acc_t2"))
+    if c:
+        lines.append(f"- P1 Acc@t2(score) − Acc@t2(grpo) = {c['estimate']:+.3f}, bootstrap 95% "
+                     f"[{c['ci'][0]:+.3f}, {c['ci'][1]:+.3f}] ({c['seeds']} seeds): "
+                     f"{verdict(c['ci'][0] > 0)}.")
+    if "score" in arms:
+        d = arms["score"]["delta"]
+        cn = contrast.get(("score", "naive", "delta"))
+        both = above(d) and cn is not None and cn["ci"][0] > 0
+        extra = "" if cn is None else (f"; Δ(score) − Δ(naive) = {cn['estimate']:+.3f}, "
+                                       f"bootstrap 95% [{cn['ci'][0]:+.3f}, {cn['ci'][1]:+.3f}]")
+        lines.append(f"- P2 Δ(score) = {d['mean']:+.3f}, t 95% {interval(d)} ({seeds('score')} "
+                     f"seeds){extra}: {verdict(both)}.")
+    if "oracle" in arms:
+        d = arms["oracle"]["delta"]
+        lines.append(f"- C1 Δ(oracle, extrinsic) = {d['mean']:+.3f}, t 95% {interval(d)} "
+                     f"({seeds('oracle')} seeds): {verdict(above(d))}.")
+    c = contrast.get(("mgrpo", "grpo", "acc_t2"))
+    if c and "mgrpo" in arms:
+        bg = base.get("guide", {}).get("delta")
+        ref = "" if bg is None else f" (base model under the same guide phrases: {bg:+.3f})"
+        lines.append(f"- S1 Acc@t2(mgrpo) − Acc@t2(grpo) = {c['estimate']:+.3f}, bootstrap 95% "
+                     f"[{c['ci'][0]:+.3f}, {c['ci'][1]:+.3f}]; Δ(mgrpo) = "
+                     f"{arms['mgrpo']['delta']['mean']:+.3f}{ref}.")
+    if "score" in arms and "instruction" in base:
+        c2i, b = arms["score"]["delta_c2i"]["mean"], base["instruction"]["delta_c2i"]
+        lines.append(f"- S2 Δc→i(score) = {c2i:.3f} vs base {b:.3f}: {verdict(c2i <= b)}.")
     return "\n".join(lines) + "\n"
 
 
@@ -349,6 +409,8 @@ def write_report(out: Path, settings: dict[str, Any]) -> None:
         {"settings": settings, "summary": summary,
          "runs": [{k: v for k, v in r.items() if k != "correct"} for r in runs]}, indent=1))
     md = table(base, runs, summary)
+    if runs:
+        md += "\nPre-registered criteria (docs/results.md):\n\n" + criteria(summary)
     (out / "results.md").write_text(md)
     if runs:
         plot(summary, out / "results.png")
