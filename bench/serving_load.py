@@ -97,8 +97,11 @@ class Server:
             self.name = "tiny-corrector"
         self.log_path = log
         self._log = open(log, "wb")  # noqa: SIM115 - closed in stop()
+        env = dict(os.environ)
+        if torch_threads:  # also for `scoreops run`, which has no such flag
+            env["OMP_NUM_THREADS"] = str(torch_threads)
         self.proc = subprocess.Popen([sys.executable, "-m", "scoreops", *args],
-                                     stdout=self._log, stderr=subprocess.STDOUT)
+                                     stdout=self._log, stderr=subprocess.STDOUT, env=env)
 
     def wait(self, seconds: float = 900) -> None:
         end = time.monotonic() + seconds
@@ -248,7 +251,8 @@ def main() -> int:
                     help="clients send more rounds until a level holds this many requests")
     ap.add_argument("--max-tokens", type=int, default=16, help="max_tokens per request")
     ap.add_argument("--torch-threads", type=int, default=None,
-                    help="torch CPU threads of the default profile's server")
+                    help="torch CPU threads of the servers (--torch-threads for scoreops serve, "
+                         "OMP_NUM_THREADS for both); 1 on a busy shared machine")
     ap.add_argument("--client-timeout", type=float, default=900.0,
                     help="client-side timeout (s); the server's own limits answer first")
     ap.add_argument("--output", type=Path, default=None, help="write the results as JSON")

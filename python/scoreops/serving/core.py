@@ -29,7 +29,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -280,10 +280,9 @@ class Corrector:
         lim = config.limits
         self.admission = Admission(max_concurrency=lim.max_concurrency,
                                    max_queue=lim.max_queue, max_queue_wait=config.queue_wait)
-        # One thread per running request runs its strategy; a cancelled request's thread may
-        # linger until its next engine call returns, hence the headroom.
-        self._pool = ThreadPoolExecutor(max_workers=2 * lim.max_concurrency + 4,
-                                        thread_name_prefix=f"scoreops-{config.name}")
+        # One daemon thread per running request runs its strategy (a cancelled request's
+        # thread may linger until its engine call returns; it never holds up the exit).
+        self._thread_name = f"scoreops-{config.name}-request"
         self.decoder = backend.decoder
         self._coalescer = (None if self.decoder is not None or backend.thread_safe
                            else _Coalescer(backend.engine, config.batch_workers))
@@ -472,7 +471,7 @@ class Corrector:
             slot = await self.admit(request)
         loop = asyncio.get_running_loop()
         try:
-            work = loop.run_in_executor(self._pool, self._execute, request, control, stream)
+            work = self._start(loop, request, control, stream)
             try:
                 return await asyncio.wait_for(asyncio.shield(work), timeout=request.timeout)
             except TimeoutError:
@@ -493,6 +492,32 @@ class Corrector:
                 raise _error_from(exc) from exc
         finally:
             slot.release()
+
+    def _start(self, loop: asyncio.AbstractEventLoop, request: PreparedRequest,
+               control: RequestControl, stream: TextStream | None) -> asyncio.Future:
+        """Run the request in its own daemon thread; an asyncio future of its answers."""
+        future: asyncio.Future = loop.create_future()
+
+        def settle(ok: bool, value: Any) -> None:
+            if future.done():
+                return
+            if ok:
+                future.set_result(value)
+            else:
+                future.set_exception(value)
+
+        def target() -> None:
+            try:
+                answers = self._execute(request, control, stream)
+            except BaseException as exc:  # handed to the awaiting task
+                if not loop.is_closed():
+                    loop.call_soon_threadsafe(settle, False, exc)
+                return
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(settle, True, answers)
+
+        threading.Thread(target=target, name=self._thread_name, daemon=True).start()
+        return future
 
     def _engine_for(self, request: PreparedRequest, control: RequestControl,
                     stream: TextStream | None) -> Any:

@@ -157,7 +157,7 @@ class DecodeLoop:
         with self._cond:
             self._closed = True
             self._cond.notify_all()
-        self._thread.join(timeout=30)
+        self._thread.join(timeout=5)
 
     # -- loop -------------------------------------------------------------------------------
 
