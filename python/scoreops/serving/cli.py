@@ -14,8 +14,8 @@ Entrypoint arguments (what the operator's InferenceService transformer passes; K
 
 Environment: ``SCOREOPS_STRATEGY_JSON`` (the full ``spec.strategy`` of the CorrectorService,
 camelCase JSON: instruction, samples, verifier, moa settings; ``--strategy``/``--turns``
-override its name/turns), ``SCOREOPS_MAX_QUEUE`` and ``SCOREOPS_MAX_QUEUE_WAIT``. Options this parser does not know are
-handed to KServe's own parser (``--workers``, ``--log_config_file``, …).
+override its name/turns), ``SCOREOPS_MAX_QUEUE`` and ``SCOREOPS_MAX_QUEUE_WAIT``. Options this
+parser does not know are handed to KServe's own parser (``--workers``, ``--log_config_file``, …).
 """
 
 from __future__ import annotations
