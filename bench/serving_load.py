@@ -97,8 +97,11 @@ class Server:
             self.name = "tiny-corrector"
         self.log_path = log
         self._log = open(log, "wb")  # noqa: SIM115 - closed in stop()
+        env = dict(os.environ)
+        if torch_threads:  # also for `scoreops run`, which has no such flag
+            env["OMP_NUM_THREADS"] = str(torch_threads)
         self.proc = subprocess.Popen([sys.executable, "-m", "scoreops", *args],
-                                     stdout=self._log, stderr=subprocess.STDOUT)
+                                     stdout=self._log, stderr=subprocess.STDOUT, env=env)
 
     def wait(self, seconds: float = 900) -> None:
         end = time.monotonic() + seconds
@@ -197,8 +200,8 @@ def _ratios(rows: list[dict[str, Any]]) -> dict[str, Any]:
     for s in ("self-correct", "single"):
         by_n = {r["clients"]: r for r in rows if r["strategy"] == s}
         base = by_n.get(1)
-        if not base:
-            continue
+        if not base or not base["tokens_per_s"] or base["p50_s"] != base["p50_s"]:
+            continue  # nothing answered alone: no ratio
         for n, r in sorted(by_n.items()):
             if n == 1:
                 continue
@@ -211,7 +214,7 @@ def _ratios(rows: list[dict[str, Any]]) -> dict[str, Any]:
             continue
         single = next((x for x in rows if x["strategy"] == "single"
                        and x["clients"] == r["clients"]), None)
-        if single:
+        if single and single["tokens_per_s"] and single["p50_s"] == single["p50_s"]:
             out.setdefault("self-correct over single", {})[f"N={r['clients']}"] = {
                 "p50": r["p50_s"] / single["p50_s"],
                 "throughput": r["tokens_per_s"] / single["tokens_per_s"]}
@@ -224,9 +227,8 @@ def _table(results: list[dict[str, Any]]) -> str:
              "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: |"]
     for res in results:
         for r in res["rows"]:
-            base = next(x for x in res["rows"] if x["strategy"] == r["strategy"]
-                        and x["clients"] == 1) if any(
-                x["clients"] == 1 for x in res["rows"]) else None
+            base = next((x for x in res["rows"] if x["strategy"] == r["strategy"]
+                         and x["clients"] == 1 and x["answered"]), None)
             speed = f"{r['tokens_per_s'] / base['tokens_per_s']:.2f}×" if base else "-"
             tail = f"{r['p95_s'] / base['p50_s']:.2f}×" if base else "-"
             errs = ", ".join(f"{v}×{k}" for k, v in sorted(r["errors"].items())) or "0"
@@ -249,19 +251,22 @@ def main() -> int:
                     help="clients send more rounds until a level holds this many requests")
     ap.add_argument("--max-tokens", type=int, default=16, help="max_tokens per request")
     ap.add_argument("--torch-threads", type=int, default=None,
-                    help="torch CPU threads of the default profile's server")
+                    help="torch CPU threads of the servers (--torch-threads for scoreops serve, "
+                         "OMP_NUM_THREADS for both); 1 on a busy shared machine")
     ap.add_argument("--client-timeout", type=float, default=900.0,
                     help="client-side timeout (s); the server's own limits answer first")
     ap.add_argument("--output", type=Path, default=None, help="write the results as JSON")
     args = ap.parse_args()
 
-    results = []
+    results: list[dict[str, Any]] = []
+    report = {"model": args.model, "max_tokens": args.max_tokens, "rounds": args.rounds,
+              "levels": args.levels, "pythonpath": os.environ.get("PYTHONPATH", ""),
+              "results": results}
     with tempfile.TemporaryDirectory(prefix="scoreops-load-") as tmp:
         for profile in args.profiles:
             results.append(run_profile(profile, args, Path(tmp)))
-    code = os.environ.get("PYTHONPATH", "")
-    report = {"model": args.model, "max_tokens": args.max_tokens, "rounds": args.rounds,
-              "levels": args.levels, "pythonpath": code, "results": results}
+            if args.output:  # after each profile: nothing is lost if a later one fails
+                args.output.write_text(json.dumps(report, indent=2))
     print(_table(results))
     for res in results:
         for k, v in res["ratios"].items():

@@ -468,7 +468,6 @@ REFUSED = [
     ("functions", {"functions": [{"name": "add"}]}),
     ("function_call", {"function_call": "auto"}),
     ("response_format", {"response_format": {"type": "json_object"}}),
-    ("logprobs", {"logprobs": True}),
     ("top_logprobs", {"top_logprobs": 2}),
     ("presence_penalty", {"presence_penalty": 0.5}),
     ("frequency_penalty", {"frequency_penalty": 0.5}),
@@ -504,6 +503,17 @@ def test_neutral_values_of_unsupported_fields_and_metadata_are_accepted(client) 
         logprobs=False, presence_penalty=0, frequency_penalty=0,
         response_format={"type": "text"}, tool_choice="none", metadata={"k": "v"})
     assert resp.choices[0].message.role == "assistant"
+
+
+def test_logprobs_of_the_final_answer(client) -> None:
+    resp = client.chat.completions.create(
+        model=MODEL, messages=_user(), max_tokens=6, temperature=0.0, logprobs=True,
+        extra_body={"scoreops": {"return_attempts": True}})
+    choice = resp.choices[0]
+    content = choice.logprobs.content
+    assert "".join(t.token for t in content) == choice.message.content
+    assert len(content) >= 1 and all(t.logprob <= 0.0 for t in content)
+    assert len(content) <= 6  # the final turn's tokens, not every turn's
 
 
 def test_completions_refusals(server: Server) -> None:

@@ -53,11 +53,11 @@ def _conv(q: str) -> list[dict[str, str]]:
     return [{"role": "user", "content": q}]
 
 
-def _reference(tiny: tuple[Any, Any], params: SamplingParams) -> list[list[int]]:
+def _reference(tiny: tuple[Any, Any], params: SamplingParams) -> list[Any]:
     """Each question generated alone by the rollout engine (one call per question)."""
     model, tok = tiny
     engine = HFEngine(model, tok, prefix_cache=False)
-    return [engine.generate([_conv(q)], params)[0][0].token_ids for q in QUESTIONS]
+    return [engine.generate([_conv(q)], params)[0][0] for q in QUESTIONS]
 
 
 def _row(tok: Any, q: str, params: SamplingParams) -> Row:
@@ -81,10 +81,12 @@ def test_rows_joining_a_running_batch_decode_as_they_would_alone(tiny, loop) -> 
 
     loop.step_hook = hook
     loop.submit([rows[0]])
-    got = [r.future.result(timeout=120).token_ids for r in rows]
-    assert got == expected
+    got = [r.future.result(timeout=120) for r in rows]
+    assert [c.token_ids for c in got] == [c.token_ids for c in expected]
+    for c, ref in zip(got, expected, strict=True):
+        assert c.logprobs == pytest.approx(ref.logprobs, abs=1e-4)
     assert max(sizes) >= 3  # they really shared decoding steps
-    assert loop.steps < sum(len(t) for t in expected)  # fewer steps than tokens
+    assert loop.steps < sum(len(c.token_ids) for c in expected)  # fewer steps than tokens
 
 
 def test_cancelled_row_stops_at_the_next_step_and_frees_its_place(tiny, loop) -> None:

@@ -8,15 +8,15 @@ no argument starts with it)::
     python -m scoreops.serving --model_name=NAME --backend openai \\
         --predictor-url http://NAME-predictor.NS [--strategy self-correct --turns 2] \\
         [--max-tokens 1024 --max-n 4 --max-concurrency 64 --max-queue 512] \\
-        [--request-timeout 120] [--http-port 8080] [--host 0.0.0.0]
+        [--request-timeout 120] [--max-queue-wait 60] [--http-port 8080] [--host 0.0.0.0]
 
     python -m scoreops.serving --model-name NAME --backend hf --model s3://bucket/model ...
     python -m scoreops.serving --config corrector.yaml      # a CorrectorService file
 
 Environment: ``SCOREOPS_STRATEGY_JSON`` (the full ``spec.strategy`` of the CorrectorService,
 camelCase JSON: instruction, samples, verifier, moa settings; ``--strategy``/``--turns``
-override its name/turns) and ``SCOREOPS_MAX_QUEUE``. Options this parser does not know are
-handed to KServe's own parser (``--workers``, ``--log_config_file``, …).
+override its name/turns), ``SCOREOPS_MAX_QUEUE`` and ``SCOREOPS_MAX_QUEUE_WAIT``. Options this
+parser does not know are handed to KServe's own parser (``--workers``, ``--log_config_file``, …).
 """
 
 from __future__ import annotations
@@ -112,6 +112,9 @@ def config_from_args(args: argparse.Namespace) -> Any:
     if args.backend == "vllm" and g.get("dtype") is None and _cuda_available():
         # vLLM's fast attention backends take bf16/fp16, not the float32 default
         values["dtype"] = "bfloat16"
+    queue_wait = _queue_wait(g.get("max_queue_wait"))
+    if queue_wait is not None:
+        values["max_queue_wait_seconds"] = queue_wait
     return ServingConfig(**values)
 
 
@@ -119,6 +122,14 @@ def _cuda_available() -> bool:
     import torch
 
     return bool(torch.cuda.is_available())
+
+
+def _queue_wait(flag: float | None) -> float | None:
+    """``--max-queue-wait``, else ``$SCOREOPS_MAX_QUEUE_WAIT``, else None (the default)."""
+    if flag is not None:
+        return flag
+    env = os.environ.get("SCOREOPS_MAX_QUEUE_WAIT")
+    return float(env) if env else None
 
 
 def config_from_resource(resource: Any) -> Any:
@@ -149,6 +160,7 @@ def config_from_resource(resource: Any) -> Any:
         backend=engine, model_uri=spec.model.uri, strategy=spec.strategy, limits=spec.limits,
         dtype=dtype, max_model_len=spec.runtime.max_model_len,
         gpu_memory_utilization=spec.runtime.gpu_memory_utilization,
+        max_queue_wait_seconds=_queue_wait(None),
     )
 
 
@@ -269,7 +281,11 @@ def build_entrypoint_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-concurrency", dest="max_concurrency", type=int, default=64)
     p.add_argument("--max-queue", dest="max_queue", type=int, default=None,
                    help="default: $SCOREOPS_MAX_QUEUE or 512")
-    p.add_argument("--request-timeout", dest="request_timeout", type=float, default=120.0)
+    p.add_argument("--request-timeout", dest="request_timeout", type=float, default=120.0,
+                   help="seconds of service (from the start of running) before 504")
+    p.add_argument("--max-queue-wait", dest="max_queue_wait", type=float, default=None,
+                   help="seconds a request may wait for a running slot before 429 (default: "
+                        "$SCOREOPS_MAX_QUEUE_WAIT or half the request timeout)")
     p.add_argument("--max-model-len", dest="max_model_len", type=int, default=None)
     p.add_argument("--dtype", default=None)
     p.add_argument("--device", default=None)

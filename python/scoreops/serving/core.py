@@ -29,7 +29,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,6 +56,7 @@ class ServedResult:
 
     result: Any  # scoreops.strategies.StrategyResult
     finish_reason: str
+    completion: Any = None  # the final attempt's Completion, when the engine returned it
 
 
 @dataclass
@@ -71,6 +72,7 @@ class PreparedRequest:
     return_attempts: bool
     prompt_tokens: list[int | None] = field(default_factory=list)
     queue_wait: float | None = None
+    logprobs: bool = False
 
     @property
     def choices(self) -> int:
@@ -111,11 +113,16 @@ class _Recording:
             self.completions.setdefault(_conv_key(conv), []).extend(cs)
         return outs
 
-    def finish_reason(self, messages: Conversation, text: str) -> str:
+    def completion(self, messages: Conversation, text: str) -> Any | None:
+        """The completion of ``messages`` whose text is ``text`` (the final attempt)."""
         for c in self.completions.get(_conv_key(messages), []):
             if c.text == text:
-                return str(c.finish_reason)
-        return "stop"
+                return c
+        return None
+
+    def served(self, result: Any) -> ServedResult:
+        c = self.completion(result.attempts[-1].messages, result.final_text)
+        return ServedResult(result, str(c.finish_reason) if c is not None else "stop", c)
 
     def sync_weights(self, model: Any) -> None:
         raise NotImplementedError
@@ -273,10 +280,9 @@ class Corrector:
         lim = config.limits
         self.admission = Admission(max_concurrency=lim.max_concurrency,
                                    max_queue=lim.max_queue, max_queue_wait=config.queue_wait)
-        # One thread per running request runs its strategy; a cancelled request's thread may
-        # linger until its next engine call returns, hence the headroom.
-        self._pool = ThreadPoolExecutor(max_workers=2 * lim.max_concurrency + 4,
-                                        thread_name_prefix=f"scoreops-{config.name}")
+        # One daemon thread per running request runs its strategy (a cancelled request's
+        # thread may linger until its engine call returns; it never holds up the exit).
+        self._thread_name = f"scoreops-{config.name}-request"
         self.decoder = backend.decoder
         self._coalescer = (None if self.decoder is not None or backend.thread_safe
                            else _Coalescer(backend.engine, config.batch_workers))
@@ -382,6 +388,7 @@ class Corrector:
         seed: int | None = None,
         options: ScoreopsOptions | None = None,
         arrival: float | None = None,
+        logprobs: bool = False,
     ) -> PreparedRequest:
         """Check a request against the limits and the context; raise ServingError (400)."""
         from scoreops.rollout import SamplingParams
@@ -391,6 +398,9 @@ class Corrector:
         lim = self.config.limits
         if n > lim.max_n:
             raise bad_request("n", f"{n} is above this server's limit of {lim.max_n}")
+        if logprobs and self.decoder is None:
+            raise bad_request("logprobs", f"not supported with the {self.config.backend} "
+                              "backend (the hf backend returns them)")
         if max_tokens is not None and max_tokens > lim.max_tokens:
             raise bad_request(max_tokens_param,
                               f"{max_tokens} is above this server's ceiling of {lim.max_tokens}")
@@ -427,7 +437,7 @@ class Corrector:
         return PreparedRequest(
             conversations=conversations, n=n, strategy=strategy, params=params,
             timeout=timeout, arrival=arrival, return_attempts=options.return_attempts,
-            prompt_tokens=counts, queue_wait=self.config.queue_wait)
+            prompt_tokens=counts, queue_wait=self.config.queue_wait, logprobs=logprobs)
 
     # -- running ------------------------------------------------------------------------------
 
@@ -461,7 +471,7 @@ class Corrector:
             slot = await self.admit(request)
         loop = asyncio.get_running_loop()
         try:
-            work = loop.run_in_executor(self._pool, self._execute, request, control, stream)
+            work = self._start(loop, request, control, stream)
             try:
                 return await asyncio.wait_for(asyncio.shield(work), timeout=request.timeout)
             except TimeoutError:
@@ -482,6 +492,32 @@ class Corrector:
                 raise _error_from(exc) from exc
         finally:
             slot.release()
+
+    def _start(self, loop: asyncio.AbstractEventLoop, request: PreparedRequest,
+               control: RequestControl, stream: TextStream | None) -> asyncio.Future:
+        """Run the request in its own daemon thread; an asyncio future of its answers."""
+        future: asyncio.Future = loop.create_future()
+
+        def settle(ok: bool, value: Any) -> None:
+            if future.done():
+                return
+            if ok:
+                future.set_result(value)
+            else:
+                future.set_exception(value)
+
+        def target() -> None:
+            try:
+                answers = self._execute(request, control, stream)
+            except BaseException as exc:  # handed to the awaiting task
+                if not loop.is_closed():
+                    loop.call_soon_threadsafe(settle, False, exc)
+                return
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(settle, True, answers)
+
+        threading.Thread(target=target, name=self._thread_name, daemon=True).start()
+        return future
 
     def _engine_for(self, request: PreparedRequest, control: RequestControl,
                     stream: TextStream | None) -> Any:
@@ -506,11 +542,25 @@ class Corrector:
         for _ in request.conversations:
             chunk = results[at: at + request.n]
             at += request.n
-            answers.append([
-                ServedResult(r, engine.finish_reason(r.attempts[-1].messages, r.final_text))
-                for r in chunk])
+            answers.append([engine.served(r) for r in chunk])
         self._account(request.strategy.name, answers)
         return answers
+
+    def token_logprobs(self, completion: Any) -> list[dict[str, Any]]:
+        """OpenAI's ``logprobs.content`` of a completion (its end-of-sequence token left
+        out)."""
+        tok = self._tokenizer
+        if completion is None or completion.logprobs is None or tok is None:
+            return []
+        eos = self.decoder.eos if self.decoder is not None else set()
+        out = []
+        for token, lp in zip(completion.token_ids, completion.logprobs, strict=False):
+            if token in eos:
+                break
+            text = tok.decode([token])
+            out.append({"token": text, "logprob": lp, "bytes": list(text.encode()),
+                        "top_logprobs": []})
+        return out
 
     def _account(self, strategy: str, answers: list[list[ServedResult]]) -> None:
         m = self.metrics

@@ -70,6 +70,7 @@ class Row:
     future: Future = field(default_factory=Future)
     cancelled: bool = False
     generated: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)  # log p(token) at temperature 1
     # loop state
     fed: int = 0  # tokens whose states are in the cache
     generator: Any = None
@@ -156,7 +157,7 @@ class DecodeLoop:
         with self._cond:
             self._closed = True
             self._cond.notify_all()
-        self._thread.join(timeout=30)
+        self._thread.join(timeout=5)
 
     # -- loop -------------------------------------------------------------------------------
 
@@ -244,9 +245,10 @@ class DecodeLoop:
         token = int(torch.searchsorted(cdf, u * cdf[-1], right=True).item())
         return min(token, probs.shape[-1] - 1)
 
-    def _accept(self, row: Row, token: int) -> None:
+    def _accept(self, row: Row, token: int, logprob: float) -> None:
         """Record a sampled token; decide whether the row is finished."""
         row.generated.append(token)
+        row.logprobs.append(logprob)
         self.generated_tokens += 1
         if token in self.eos or (row.params.stop and self._hit_stop(row)):
             row.finish = "stop"
@@ -289,8 +291,9 @@ class DecodeLoop:
                          use_cache=True, logits_to_keep=1, **{self._cache_kw: cache})
         self.reused_tokens += start
         row.fed = len(prompt)
-        token = self._sample_one(row, out.logits[0, -1])
-        self._accept(row, token)
+        logits = out.logits[0, -1]
+        token = self._sample_one(row, logits)
+        self._accept(row, token, float(torch.log_softmax(logits.float(), -1)[token]))
         return [(layer.keys, layer.values) for layer in cache.layers]
 
     def _rebuild(self, keep: list[int], joins: list[tuple[Row, list[tuple[Any, Any]]]]) -> None:
@@ -348,14 +351,18 @@ class DecodeLoop:
                          use_cache=True, **{self._cache_kw: self._cache})
         self.steps += 1
         logits = out.logits[:, -1]
-        greedy = logits.argmax(dim=-1).tolist()
+        tokens = logits.argmax(dim=-1)
+        for i, row in enumerate(rows):
+            if not row.params.greedy and not row.cancelled:
+                tokens[i] = self._sample_one(row, logits[i])
+        logprobs = torch.log_softmax(logits.float(), -1).gather(-1, tokens[:, None])[:, 0]
+        chosen, chosen_lp = tokens.tolist(), logprobs.tolist()
         done: list[int] = []
         for i, row in enumerate(rows):
             row.fed += 1
             if row.cancelled:
                 continue
-            token = greedy[i] if row.params.greedy else self._sample_one(row, logits[i])
-            self._accept(row, token)
+            self._accept(row, chosen[i], chosen_lp[i])
             if row.finish is not None:
                 done.append(i)
         if done:
@@ -391,7 +398,7 @@ class DecodeLoop:
                 text = text[:cut]
         self.finished_rows += 1
         return Completion(text=text, token_ids=list(row.generated),
-                          finish_reason="stop" if row.finish == "stop" else "length")
+                          logprobs=list(row.logprobs), finish_reason="stop" if row.finish == "stop" else "length")
 
 
 # -- one request's view ------------------------------------------------------------------------

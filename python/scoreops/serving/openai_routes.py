@@ -225,7 +225,8 @@ class _ChatStreamer(_Streamer):
                             "finish_reason": None}])
 
     def last(self, choice: dict[str, Any]) -> dict[str, Any]:
-        out: dict[str, Any] = {"index": choice["index"], "delta": {}, "logprobs": None,
+        out: dict[str, Any] = {"index": choice["index"], "delta": {},
+                               "logprobs": choice.get("logprobs"),
                                "finish_reason": choice["finish_reason"]}
         if "scoreops" in choice:
             out["scoreops"] = choice["scoreops"]
@@ -341,7 +342,8 @@ def _chat_response(corrector: Corrector, req: ChatCompletionRequest, prepared: P
         choice: dict[str, Any] = {
             "index": i,
             "message": {"role": "assistant", "content": a.result.final_text},
-            "logprobs": None,
+            "logprobs": ({"content": corrector.token_logprobs(a.completion), "refusal": None}
+                         if prepared.logprobs else None),
             "finish_reason": a.finish_reason,
         }
         if prepared.return_attempts:
@@ -424,7 +426,8 @@ def register_openai_routes(app: FastAPI, corrector: Corrector) -> None:
             prepared = corrector.prepare(
                 [[m.as_message() for m in req.messages]], n=req.n, max_tokens=max_tokens,
                 max_tokens_param=mt_param, temperature=req.temperature, top_p=req.top_p,
-                stop=req.stop_list, seed=req.seed, options=req.scoreops, arrival=arrival)
+                stop=req.stop_list, seed=req.seed, options=req.scoreops, arrival=arrival,
+                logprobs=bool(req.logprobs))
             return await _serve(
                 corrector, request, req, prepared,
                 lambda answers: _chat_response(corrector, req, prepared, answers),

@@ -8,7 +8,7 @@ with OpenAI); every failure becomes an HTTP 400 whose JSON names the offending f
 
 Nothing a client asks for is silently ignored. Fields that would change the answer and are
 not implemented (``tools``, ``tool_choice``, ``functions``, ``function_call``,
-``response_format`` other than text, ``logprobs``, ``top_logprobs``, penalties,
+``response_format`` other than text, ``top_logprobs``, legacy ``logprobs``, penalties,
 ``logit_bias``, ``best_of``, ``suffix``, audio, …) are accepted only at their neutral value
 (``null``, ``false``, ``0``, ``[]``, ``{"type": "text"}``) and otherwise refused with a 400
 naming the field; so is any field this server does not know. Metadata that does not change
@@ -221,19 +221,12 @@ class _Generation(_Strict):
     frequency_penalty: Any = None
     logit_bias: Any = None
 
-    @field_validator("logprobs")
-    @classmethod
-    def _no_logprobs(cls, value: Any) -> Any:
-        if not _neutral(value, False, 0):
-            raise ValueError(f"{_UNSUPPORTED}: token log-probabilities are not returned "
-                             "(the answer comes from a multi-turn strategy)")
-        return value
-
     @field_validator("top_logprobs")
     @classmethod
     def _no_top_logprobs(cls, value: Any) -> Any:
         if not _neutral(value, 0):
-            raise ValueError(f"{_UNSUPPORTED}: token log-probabilities are not returned")
+            raise ValueError(f"{_UNSUPPORTED}: only the sampled tokens' log-probabilities "
+                             "are returned (logprobs: true)")
         return value
 
     @field_validator("presence_penalty", "frequency_penalty")
@@ -272,9 +265,11 @@ class _Generation(_Strict):
 
 
 class ChatCompletionRequest(_Generation):
-    """``POST /openai/v1/chat/completions``."""
+    """``POST /openai/v1/chat/completions``. ``logprobs: true`` returns the log-probability
+    of each token of the final answer (hf backend; in the finish chunk when streaming)."""
 
     messages: list[ChatMessage] = Field(min_length=1)
+    logprobs: bool | None = None
     tools: Any = None
     tool_choice: Any = None
     functions: Any = None
@@ -331,6 +326,14 @@ class CompletionRequest(_Generation):
     echo: bool = False
     best_of: Any = None
     suffix: Any = None
+
+    @field_validator("logprobs")
+    @classmethod
+    def _no_logprobs(cls, value: Any) -> Any:
+        if value is not None:
+            raise ValueError(f"{_UNSUPPORTED} on /completions; use /chat/completions with "
+                             "logprobs: true")
+        return value
 
     @field_validator("best_of")
     @classmethod
