@@ -275,7 +275,10 @@ class HFEngine:
             )
         if self.prefix_cache is not None:
             sequences = out.sequences
-            cache = out.past_key_values
+            # newer transformers name the output's cache "cache" (the old name warns there)
+            cache = out.get("cache")
+            if cache is None:
+                cache = out.past_key_values
         else:
             sequences, cache = out, None
         new = sequences[:, width:].tolist()
