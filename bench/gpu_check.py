@@ -80,6 +80,8 @@ OPTIONAL = frozenset({
     "boto3", "botocore", "jmespath", "s3transfer",  # accelerate's SageMaker config, when present
     "httpx2", "httpcore2", "truststore",  # newer transformers' hub client (5.17 on the host
     # uses httpx, which is there)
+    "jaraco-context", "jaraco-functools", "jaraco-text", "more-itertools", "backports-tarfile",
+    "autocommand", "zipp", "importlib-metadata",  # pkg_resources' own: setuptools vendors them
 })
 ALGORITHMS = ("score", "grpo", "mgrpo", "star", "cory")
 
@@ -202,6 +204,8 @@ class Check:
             over["rollout.turns"] = 1 if name != "star" else 2
         if name == "cory":
             over["optim.learningRate"] = 0.1
+        if name == "score":  # the held-out evaluation, base and trained, runs on the GPU too
+            over.update({"dataset.evalSize": 8, "evaluation.enabled": True})
         metric = "reward_t2" if name in ("score", "cory") else "reward_t1"
         return self.spec(digit, data, out, alg, **over), metric
 
@@ -222,8 +226,16 @@ class Check:
                 "ok": finite and (rose or self.brief)}
 
     def algorithm(self, name: str) -> dict[str, Any]:
+        from scoreops.api import parse_resource
+        from scoreops.training.loop import Trainer
+
         doc, metric = self.algorithm_doc(name, self.work / f"alg-{name}")
-        return self.learning(name, self.train(doc), metric)
+        result = Trainer(parse_resource(doc)).run_training()
+        out = self.learning(name, result.metrics, metric)
+        if result.evals:
+            out["eval_acc_t2"] = {k: round(v.metrics.acc_t2, 3) for k, v in result.evals.items()}
+            out["ok"] = out["ok"] and set(result.evals) == {"base", "trained"}
+        return out
 
     def zero(self, stage: str) -> dict[str, Any]:
         import importlib.util
