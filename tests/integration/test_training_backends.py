@@ -98,9 +98,9 @@ def test_bf16_weights_updated_in_place_lose_small_updates() -> None:
 
 def test_autocast_precision_refuses_low_precision_master_weights() -> None:
     model = tiny_llama().to(torch.bfloat16)
-    with pytest.raises(ValueError, match="resources.precision bf16 .* load the policy in float32"):
+    with pytest.raises(ValueError, match=r"resources\.precision bf16 .* load the policy in float32"):
         backend_for(model, "bf16")
-    with pytest.raises(ValueError, match="resources.precision must be one of fp32, bf16, fp16"):
+    with pytest.raises(ValueError, match=r"resources\.precision must be one of fp32, bf16, fp16"):
         compute_dtype("int8")
 
 

@@ -275,7 +275,10 @@ class HFEngine:
             )
         if self.prefix_cache is not None:
             sequences = out.sequences
-            cache = out.past_key_values
+            # newer transformers name the output's cache "cache" (the old name warns there)
+            cache = out.get("cache")
+            if cache is None:
+                cache = out.past_key_values
         else:
             sequences, cache = out, None
         new = sequences[:, width:].tolist()
@@ -332,14 +335,25 @@ class HFEngine:
         params: SamplingParams,
         consumed: dict[tuple[int, ...], CachedRow],
     ) -> list[Completion]:
+        import torch
+
+        from scoreops.rollout.static_decode import TooLarge
+
         width = max(len(p) for p in prompts)
+        try:
+            with torch.inference_mode():
+                self.static.reserve(len(prompts), width, params.max_new_tokens,
+                                    self.static.sampling_key(params.greedy, params.temperature,
+                                                             params.top_p))
+        except TooLarge:  # this batch's static cache does not fit: transformers' loop
+            if self.decode == "static":
+                raise
+            return self._generate_batch(model, prompts, seeds, params, consumed)
         _, sources, used = self._prefix_plan(prompts, width)
         prefix = None
         if any(used):
             prefix = [None if src is None or u == 0 else (u, src.layers)
                       for src, u in zip(sources, used, strict=True)]
-        import torch
-
         with torch.inference_mode():
             res = self.static.decode(prompts, seeds, max_new_tokens=params.max_new_tokens,
                                      greedy=params.greedy, temperature=params.temperature,

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["DecodeResult", "StaticDecoder", "supports", "uniform_from_seeds"]
+__all__ = ["DecodeResult", "StaticDecoder", "TooLarge", "supports", "uniform_from_seeds"]
 
 _M32 = 0xFFFFFFFF
 GRAPH_CHECK_EVERY = 8
@@ -103,6 +103,10 @@ def supports(model: Any) -> str | None:
         if mod._forward_hooks or mod._forward_pre_hooks:
             return "has forward hooks"
     return None
+
+
+class TooLarge(RuntimeError):
+    """The static cache of a batch would not fit in the device's free memory."""
 
 
 @functools.cache
@@ -202,7 +206,8 @@ class StaticDecoder:
     """
 
     def __init__(self, model: Any, eos_token_ids: Sequence[int], pad_token_id: int, *,
-                 cuda_graphs: bool | None = None, max_slots: int = 3) -> None:
+                 cuda_graphs: bool | None = None, max_slots: int = 4,
+                 memory_fraction: float = 0.5) -> None:
         import torch
 
         reason = supports(model)
@@ -219,6 +224,7 @@ class StaticDecoder:
         self.sdpa = (getattr(model.config, "_attn_implementation", None) or "eager") == "sdpa"
         self.keep_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
         self.max_slots = max_slots
+        self.memory_fraction = memory_fraction
         self._slots: OrderedDict[tuple[Any, ...], _Slot] = OrderedDict()
         self.graph_failures: list[str] = []
         """Why a capture failed (decoding then ran eagerly); empty when graphs worked."""
@@ -238,6 +244,24 @@ class StaticDecoder:
     def bucket_length(n: int) -> int:
         return -(-n // 128) * 128
 
+    def reserve(self, n: int, width: int, max_new_tokens: int,
+                sampling: tuple[bool, float, float]) -> None:
+        """Make room for a batch of ``n`` prompts of at most ``width`` tokens; raises
+        :class:`TooLarge` if its static cache cannot fit."""
+        self._slot(self.bucket_rows(n), self.bucket_length(width + max_new_tokens),
+                   max_new_tokens, sampling)
+
+    @staticmethod
+    def sampling_key(greedy: bool, temperature: float, top_p: float) -> tuple[bool, float, float]:
+        return (greedy, 1.0 if greedy else float(temperature), 1.0 if greedy else float(top_p))
+
+    def cache_bytes(self, rows: int, length: int) -> int:
+        cfg = self.model.config
+        heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        size = self.model.dtype.itemsize if hasattr(self.model, "dtype") else 4
+        return 2 * cfg.num_hidden_layers * rows * length * heads * head_dim * size
+
     def _slot(self, rows: int, length: int, max_new: int,
               sampling: tuple[bool, float, float]) -> _Slot:
         key = (rows, length, max_new, sampling)
@@ -245,6 +269,18 @@ class StaticDecoder:
         if slot is None:
             while len(self._slots) >= self.max_slots:
                 self._slots.popitem(last=False)
+            if self.device.type == "cuda":
+                import torch
+
+                need = self.cache_bytes(rows, length)
+                if need > self.memory_fraction * torch.cuda.mem_get_info(self.device)[0]:
+                    self._slots.clear()  # the other shapes' buffers go first
+                    torch.cuda.empty_cache()
+                    free = torch.cuda.mem_get_info(self.device)[0]
+                    if need > self.memory_fraction * free:
+                        raise TooLarge(f"a static cache of {rows} rows x {length} positions "
+                                       f"needs {need / 2**30:.1f} GiB; {free / 2**30:.1f} GiB "
+                                       "are free")
             slot = self._slots[key] = _Slot(self, rows, length, max_new, sampling)
         self._slots.move_to_end(key)
         return slot
@@ -330,8 +366,7 @@ class StaticDecoder:
         width = max(len(p) for p in prompts)
         rows = self.bucket_rows(n)
         length = self.bucket_length(width + max_new_tokens)
-        sampling = (greedy, 1.0 if greedy else float(temperature), 1.0 if greedy else
-                    float(top_p))
+        sampling = self.sampling_key(greedy, temperature, top_p)
         slot = self._slot(rows, length, max_new_tokens, sampling)
         cached = [0] * n if prefix is None else [0 if p is None else p[0] for p in prefix]
         # the cached span is left of every row's uncached tail (see HFEngine._cached_prefix)
