@@ -68,7 +68,7 @@ def _ctx(model: Any, tok: Any, temperature: float, reference: Any = None) -> Sim
     backend = TorchBackend(model, opt, sched, max_grad_norm=1e9, device=torch.device("cpu"))
     return SimpleNamespace(spec=spec, trainable=model, fused_head=None, reference=reference,
                            policy=model, backend=backend, engine=None, dist=DistEnv(),
-                           tokenizer=tok)
+                           tokenizer=tok, device=torch.device("cpu"))
 
 
 # ---------------------------------------------------------------- temperature
