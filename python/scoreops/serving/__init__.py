@@ -7,7 +7,10 @@
   ``/openai/v1/completions`` and ``/openai/v1/models`` on KServe's FastAPI app;
 * :mod:`~scoreops.serving.backends` — transformers or vLLM in-process, or a remote
   OpenAI-compatible predictor;
-* :mod:`~scoreops.serving.scheduler` — bounded admission (429 when full), batching, timeouts;
+* :mod:`~scoreops.serving.scheduler` — bounded admission (429 when full or after the
+  queue-wait limit);
+* :mod:`~scoreops.serving.decode` — continuous batching for the hf backend: every turn of
+  every request joins the running batch between decoding steps; streaming and cancellation;
 * :mod:`~scoreops.serving.cli` — ``scoreops serve``, ``scoreops query`` and the entrypoint
   ``python -m scoreops.serving``.
 
