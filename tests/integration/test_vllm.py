@@ -55,7 +55,7 @@ MIN_GREEDY_AGREEMENT = 15
 #: where they differ, hf's own top-two log-probs at the first differing token are this close
 NEAR_TIE_NATS = 0.05
 #: |vLLM's sampled-token log-prob - the trainer's forward pass| (fp32 on both sides)
-LOGPROB_TOL = 1e-3
+LOGPROB_TOL = 5e-4
 
 
 def _user(q: str) -> list[dict[str, str]]:
@@ -372,9 +372,15 @@ def test_sleep_level_two_then_weights_only_wake_on_gpu(smol: tuple[Any, Any]) ->
         model.to("cpu")
 
 
-def test_sampling_is_reproducible_with_a_seed(smol_vllm: VLLMEngine) -> None:
+def test_another_engine_closing_leaves_an_open_one_working(smol_vllm: VLLMEngine,
+                                                           digit_model: Path) -> None:
+    """vLLM's in-process teardown resets process-wide parallel state; an engine closed (or
+    garbage) while another is open is torn down only when the last one closes."""
     convs = [_user(q) for q in QUESTIONS[:4]]
     params = SamplingParams(max_new_tokens=8, temperature=1.0, n=2, seed=11)
+    other = VLLMEngine.from_path(str(digit_model), max_model_len=256)
+    assert other.generate(convs[:1], params)[0][0].token_ids
+    other.close()
     a = smol_vllm.generate(convs, params)
     b = smol_vllm.generate(convs, params)
     assert [[c.token_ids for c in row] for row in a] == [[c.token_ids for c in row] for row in b]

@@ -34,6 +34,7 @@ import contextlib
 import logging
 import os
 import warnings
+import weakref
 from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -194,6 +195,24 @@ def _platform() -> Any:
     return current_platform
 
 
+#: engines open in this process
+_OPEN: weakref.WeakSet[VLLMEngine] = weakref.WeakSet()
+#: vLLM instances of closed engines, torn down together when the last engine closes
+_PARKED: list[Any] = []
+
+
+def _retire(llm: Any) -> None:
+    """Tear a vLLM instance down, or park it while other engines are open: an in-process
+    vLLM's shutdown resets process-wide state (its parallel groups) that every other
+    engine in the process still uses."""
+    _PARKED.append(llm)
+    if len(_OPEN) == 0:
+        _PARKED.clear()
+        import gc
+
+        gc.collect()
+
+
 class VLLMEngine:
     """A vLLM engine that generates with the trainer's current weights (or a model on disk).
 
@@ -214,6 +233,9 @@ class VLLMEngine:
         self.device = device
         self._asleep: set[str] = set()  # the memory tags released by sleep()
         self._source: Any = None  # the module last synced from (re-synced after sleep)
+        _OPEN.add(self)
+        # on close() or when the engine is garbage: see _retire
+        self._finalizer = weakref.finalize(self, _retire, llm)
 
     @classmethod
     def colocated(cls, policy: torch.nn.Module, tokenizer: PreTrainedTokenizerBase,
@@ -393,12 +415,13 @@ class VLLMEngine:
             self._asleep = {"weights", "kv_cache"}
 
     def close(self) -> None:
+        """Release the engine. Several engines may be open in one process; vLLM's teardown
+        resets state they share, so the last one to close tears them all down."""
         if self.llm is not None:
             self.llm = None
             self._source = None
-            import gc
-
-            gc.collect()
+            _OPEN.discard(self)
+            self._finalizer()
 
     # -- internals -----------------------------------------------------------------------------
 
