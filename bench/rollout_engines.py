@@ -1,18 +1,21 @@
-"""Rollout throughput of the ``vllm`` engine vs the ``hf`` engine, and a short SCoRe run on vLLM.
+"""Rollout throughput of the ``vllm`` engine vs the ``hf`` engine, and SCoRe step times with each.
 
 Both engines implement :class:`scoreops.rollout.RolloutEngine`; here they generate the same
 prompts (chat-formatted arithmetic questions, ``--prompts`` × ``--samples`` rows, temperature
-1.0, ``--max-new-tokens``) from the same model directory, and the script prints generated
-tokens per second side by side and their ratio (one warm-up call each first; the best of
-``--rounds`` timed calls). ``--score-steps N`` then runs the demo ScoreRun
-(``manifests/examples/scorerun-tiny.yaml``) for N steps with ``rollout.engine: vllm`` on
-the GPU (bf16, weights pushed from the trainer after every step, sleep between phases) and
-prints its step times and held-out accuracy.
+1.0, ``--max-new-tokens``) from the same model directory in one run, and the script prints
+generated tokens per second side by side and their ratio (one warm-up call each first; the
+best of ``--rounds`` timed calls). ``--score-steps N`` then runs the demo ScoreRun
+(``manifests/examples/scorerun-tiny.yaml``, SmolLM2 on single-digit additions) for N steps
+with ``rollout.engine: hf`` and with ``rollout.engine: vllm`` and prints the median step time
+of each (the vLLM run generates with vLLM and pushes the trainer's weights into it after
+every step).
 
-    python bench/rollout_engines.py                        # vllm and hf on a GPU
-    python bench/rollout_engines.py --engines hf --prompts 4 --max-new-tokens 16   # CPU check
+Run it with the interpreter that has vLLM (``make install`` creates ``.venv-vllm``)::
 
-vLLM needs a CUDA GPU and ``pip install vllm`` (the trainer image has both).
+    .venv-vllm/bin/python bench/rollout_engines.py --score-steps 4 --json out.json
+
+On CPU the engines run in float32 and vLLM with ``enforce_eager`` (no graph compilation); on
+a GPU in bfloat16, vLLM with CUDA graphs.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+PROMPT_BUDGET = 64  # the chat-formatted questions are ~40 tokens
 
 
 def _prompts(n: int, seed: int) -> list[list[dict[str, str]]]:
@@ -34,23 +38,27 @@ def _prompts(n: int, seed: int) -> list[list[dict[str, str]]]:
             for _ in range(n)]
 
 
-def _engine(kind: str, model_dir: str, device: str, batch: int) -> Any:
+def _engine(kind: str, model_dir: str, device: str, args: argparse.Namespace) -> Any:
+    dtype = "bfloat16" if device == "cuda" else "float32"
     if kind == "vllm":
         from scoreops.rollout.vllm import VLLMEngine
 
-        return VLLMEngine.from_path(model_dir, dtype="bfloat16", gpu_memory_utilization=0.5)
+        return VLLMEngine.from_path(
+            model_dir, dtype=dtype, gpu_memory_utilization=0.5,
+            max_model_len=PROMPT_BUDGET + args.max_new_tokens,
+            kv_sequences=args.prompts * args.samples,
+            enforce_eager=None if args.enforce_eager is None else args.enforce_eager == "on")
     from scoreops.models import load_model
     from scoreops.rollout import HFEngine
 
-    dtype = "bfloat16" if device == "cuda" else "float32"
     model, tokenizer = load_model(model_dir, dtype=dtype, device=device)
-    return HFEngine(model, tokenizer, max_batch_size=batch, prefix_cache=False)
+    return HFEngine(model, tokenizer, max_batch_size=args.batch_size, prefix_cache=False)
 
 
 def measure(kind: str, model_dir: str, device: str, args: argparse.Namespace) -> dict[str, Any]:
     from scoreops.rollout import SamplingParams
 
-    engine = _engine(kind, model_dir, device, args.batch_size)
+    engine = _engine(kind, model_dir, device, args)
     prompts = _prompts(args.prompts, 0)
     params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=1.0,
                             n=args.samples, seed=0)
@@ -71,8 +79,10 @@ def measure(kind: str, model_dir: str, device: str, args: argparse.Namespace) ->
     return best
 
 
-def score_on_vllm(steps: int, output: str) -> dict[str, Any]:
-    """The demo ScoreRun for ``steps`` steps with vLLM rollouts on one GPU."""
+def score_steps(engine: str, steps: int, output: str, device: str) -> dict[str, Any]:
+    """The demo ScoreRun for ``steps`` steps with rollouts on ``engine``."""
+    import statistics
+
     import yaml
 
     from scoreops.api import parse_resource
@@ -80,35 +90,41 @@ def score_on_vllm(steps: int, output: str) -> dict[str, Any]:
 
     doc = yaml.safe_load((ROOT / "manifests/examples/scorerun-tiny.yaml").read_text())
     spec = doc["spec"]
-    spec["algorithm"]["score"].update(stage1Steps=max(1, steps // 3),
-                                      stage2Steps=steps - max(1, steps // 3))
-    spec["rollout"]["engine"] = "vllm"
-    spec["resources"] = {"gpusPerWorker": 1, "precision": "bf16"}
-    spec["output"]["uri"] = output
+    spec["algorithm"]["score"].update(stage1Steps=max(1, steps // 2),
+                                      stage2Steps=steps - max(1, steps // 2))
+    spec["rollout"]["engine"] = engine
+    # the API asks a vllm run for a GPU; without one the trainer runs on CPU regardless
+    spec["resources"] = {"gpusPerWorker": 1 if engine == "vllm" or device == "cuda" else 0,
+                         "precision": "bf16" if device == "cuda" else "fp32"}
+    spec["output"]["uri"] = f"{output}-{engine}"
     spec["checkpoint"] = {"everySteps": steps, "keep": 1}
+    spec["evaluation"] = {"enabled": False}
     run = parse_resource(doc)
     seconds: list[float] = []
+    start = time.perf_counter()
     trainer = Trainer(run, on_step=lambda m: seconds.append(float(m.get("seconds", 0.0))),
                       fresh=True)
     result = trainer.run_training()
-    evals = {name: {"acc_t1": e.metrics.acc_t1, "acc_t2": e.metrics.acc_t2}
-             for name, e in result.evals.items()}
-    return {"steps": len(seconds), "step_seconds": seconds, "evals": evals}
+    total = time.perf_counter() - start
+    return {"steps": len(seconds), "step_seconds": seconds,
+            "median_step_seconds": statistics.median(seconds), "run_seconds": total,
+            "reward_t2": [m.get("reward_t2") for m in result.metrics]}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="builtin://smollm2-135m-instruct")
-    parser.add_argument("--engines", default=None,
-                        help="comma-separated, from vllm,hf (default: both on a GPU, hf on CPU)")
-    parser.add_argument("--prompts", type=int, default=64)
+    parser.add_argument("--engines", default="vllm,hf", help="comma-separated, from vllm,hf")
+    parser.add_argument("--prompts", type=int, default=32)
     parser.add_argument("--samples", type=int, default=4, help="samples per prompt")
-    parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=64, help="hf engine rows per batch")
+    parser.add_argument("--enforce-eager", choices=["on", "off"], default=None,
+                        help="vLLM without graph capture/compilation (default: on on CPU)")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--score-steps", type=int, default=0,
-                        help="also run the demo ScoreRun this many steps on vLLM (GPU)")
-    parser.add_argument("--output", default="store://runs/bench-vllm-score")
+                        help="also run the demo ScoreRun this many steps with each engine")
+    parser.add_argument("--output", default="store://runs/bench-rollout-engines")
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
 
@@ -117,14 +133,19 @@ def main() -> int:
     from scoreops.models import resolve_model
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    engines = (args.engines or ("vllm,hf" if device == "cuda" else "hf")).split(",")
+    engines = [e.strip() for e in args.engines.split(",") if e.strip()]
     model_dir = str(resolve_model(args.model))
-    figures: dict[str, Any] = {"device": torch.cuda.get_device_name(0) if device == "cuda"
-                               else "cpu", "engines": {}}
+    eager = args.enforce_eager or ("on" if device == "cpu" else "off")
+    settings = {"device": torch.cuda.get_device_name(0) if device == "cuda" else
+                f"cpu ({torch.get_num_threads()} threads)",
+                "dtype": "bfloat16" if device == "cuda" else "float32",
+                "hf_batch": args.batch_size, "vllm_enforce_eager": eager,
+                "prompts": args.prompts, "samples": args.samples,
+                "max_new_tokens": args.max_new_tokens, "temperature": 1.0}
+    figures: dict[str, Any] = {"settings": settings, "engines": {}}
     for kind in engines:
-        figures["engines"][kind] = measure(kind.strip(), model_dir, device, args)
-    print(f"\n{args.model} on {figures['device']}: {args.prompts} prompts x {args.samples} "
-          f"samples, temperature 1.0, up to {args.max_new_tokens} new tokens\n")
+        figures["engines"][kind] = measure(kind, model_dir, device, args)
+    print(f"\n{args.model}: {json.dumps(settings)}\n")
     print(f"{'engine':<8}{'tokens':>10}{'seconds':>10}{'tokens/s':>12}")
     for kind, f in figures["engines"].items():
         print(f"{kind:<8}{f['tokens']:>10}{f['seconds']:>10.2f}{f['tokens_per_s']:>12.1f}")
@@ -134,10 +155,13 @@ def main() -> int:
         figures["vllm_over_hf"] = ratio
         print(f"vllm / hf tokens/s: {ratio:.2f}x")
     if args.score_steps:
-        figures["score"] = score_on_vllm(args.score_steps, args.output)
-        print(f"\nSCoRe on vLLM: {figures['score']['steps']} steps, step seconds "
-              f"{[round(s, 2) for s in figures['score']['step_seconds']]}, "
-              f"held-out {figures['score']['evals']}")
+        figures["score"] = {}
+        for kind in engines:
+            figures["score"][kind] = score_steps(kind, args.score_steps, args.output, device)
+        print(f"\nSCoRe ({args.score_steps} steps of the demo run):")
+        for kind, f in figures["score"].items():
+            print(f"{kind:<8} median step {f['median_step_seconds']:.1f} s, steps "
+                  f"{[round(x, 1) for x in f['step_seconds']]}")
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2))
     return 0

@@ -105,6 +105,16 @@ class LoadedModel:
     model: Any = None
     tokenizer: Any = None
     source: str = ""
+    dtype: str | None = None  # set where ``model`` is loaded on first use (vLLM generates)
+    device: str | None = None
+
+    def ensure_model(self) -> Any:
+        """The transformers model, loaded from ``source`` on first use if not yet loaded."""
+        if self.model is None and self.dtype is not None:
+            from scoreops.models import load_model
+
+            self.model, _ = load_model(self.source, dtype=self.dtype, device=self.device)
+        return self.model
 
     def close(self) -> None:
         self.engine.close()
@@ -116,16 +126,25 @@ def _device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _local_engine(uri: str, name: str, batch_size: int, engine_kind: str) -> LoadedModel:
+def _local_engine(uri: str, name: str, batch_size: int, engine_kind: str,
+                  max_model_len: int | None = None) -> LoadedModel:
     from scoreops.models import load_model
-    from scoreops.rollout import HFEngine
 
     device = _device()
+    dtype = "float32" if device == "cpu" else "bfloat16"
     if engine_kind == "vllm":
-        log.warning("%s: no vLLM engine is available in this process; using transformers",
-                    name)
-    model, tokenizer = load_model(uri, dtype="float32" if device == "cpu" else "bfloat16",
-                                  device=device)
+        from scoreops.models import resolve_model
+        from scoreops.rollout.vllm import VLLMEngine
+
+        # vLLM generates; the transformers model is loaded only if a log-likelihood
+        # benchmark asks for logits (LoadedModel.ensure_model)
+        engine = VLLMEngine.from_path(str(resolve_model(uri)), dtype=dtype,
+                                      max_model_len=max_model_len, kv_sequences=batch_size)
+        return LoadedModel(name=name, engine=engine, tokenizer=engine.tokenizer, source=uri,
+                           dtype=dtype, device=device)
+    from scoreops.rollout import HFEngine
+
+    model, tokenizer = load_model(uri, dtype=dtype, device=device)
     engine = HFEngine(model, tokenizer, device=device, max_batch_size=batch_size)
     return LoadedModel(name=name, engine=engine, model=model, tokenizer=tokenizer, source=uri)
 
@@ -446,7 +465,7 @@ def evaluate_benchmark(
     with _progress(console) as progress:
         task = progress.add_task(label, total=len(ready))
         if loglik:
-            if loaded.model is None:
+            if loaded.ensure_model() is None:
                 raise ValueError(f"{loaded.name}: loglikelihood mode needs local weights")
             for start in range(0, len(ready), step):
                 part = ready[start:start + step]

