@@ -19,7 +19,7 @@ over throughput at N = 1 (sequential service), p95 at N over the p50 of one requ
 
     python bench/serving_load.py                           # both profiles, N = 1, 8, 12, 20
     python bench/serving_load.py --profiles default --levels 1 8 20 --rounds 2
-    PYTHONPATH=/work/main/python python bench/serving_load.py --output before.json
+    PYTHONPATH=../main-checkout/python python bench/serving_load.py --output before.json
 
 The server runs from whatever ``scoreops`` the interpreter imports (``PYTHONPATH``), so the
 same script measures two versions of the code.
