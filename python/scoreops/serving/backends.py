@@ -52,6 +52,7 @@ class LoadedBackend:
     description: str
     decoder: Any | None = None
     thread_safe: bool = False
+    returns_logprobs: bool = False  # completions carry the sampled tokens' log-probs
 
 
 def _device(config: ServingConfig) -> str:
@@ -118,6 +119,7 @@ def _load_vllm(config: ServingConfig) -> LoadedBackend:
         engine=engine, tokenizer=engine.tokenizer,
         context_length=_context(engine.max_model_len, config.max_model_len),
         description=f"vllm {config.model_uri} on {engine.device} ({config.dtype})",
+        returns_logprobs=True,
     )
 
 

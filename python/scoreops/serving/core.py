@@ -155,6 +155,7 @@ class _Coalescer:
         self._queue: deque[_Call] = deque()
         self._cond = threading.Condition()
         self._closed = False
+        self.step_hook: Any = None  # called with the rows of every merged engine call
         for i in range(workers):
             threading.Thread(target=self._work, name=f"scoreops-engine-{i}",
                              daemon=True).start()
@@ -198,6 +199,8 @@ class _Coalescer:
                 for c in batch:
                     self._queue.remove(c)
             convs = [conv for c in batch for conv in c.conversations]
+            if self.step_hook is not None:
+                self.step_hook(len(convs) * max(1, getattr(head.params, "n", 1)))
             try:
                 if head.prompt_token_ids is None:
                     outs = self.engine.generate(convs, head.params)
@@ -286,8 +289,10 @@ class Corrector:
         self.decoder = backend.decoder
         self._coalescer = (None if self.decoder is not None or backend.thread_safe
                            else _Coalescer(backend.engine, config.batch_workers))
+        batch_size = self.metrics.batch_size.labels(model=self.name)
+        if self._coalescer is not None:
+            self._coalescer.step_hook = batch_size.observe
         if self.decoder is not None:
-            batch_size = self.metrics.batch_size.labels(model=self.name)
             self.decoder.step_hook = lambda rows: batch_size.observe(len(rows))
             self.metrics.decode_rows.labels(model=self.name).set_function(
                 lambda: self.decoder.running)
@@ -398,9 +403,9 @@ class Corrector:
         lim = self.config.limits
         if n > lim.max_n:
             raise bad_request("n", f"{n} is above this server's limit of {lim.max_n}")
-        if logprobs and self.decoder is None:
+        if logprobs and self.decoder is None and not self.backend.returns_logprobs:
             raise bad_request("logprobs", f"not supported with the {self.config.backend} "
-                              "backend (the hf backend returns them)")
+                              "backend (the hf and vllm backends return them)")
         if max_tokens is not None and max_tokens > lim.max_tokens:
             raise bad_request(max_tokens_param,
                               f"{max_tokens} is above this server's ceiling of {lim.max_tokens}")

@@ -67,7 +67,8 @@ def serving_metrics() -> ServingMetrics:
                               ["model"]),
                 batch_size=Histogram(
                     "scoreops_batch_size", "Rows per decoding step (hf backend: every "
-                    "running completion of every request shares the step).", ["model"],
+                    "running completion of every request shares the step) or per merged "
+                    "engine call (vllm backend, whose own scheduler batches within it).", ["model"],
                     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256)),
                 decode_rows=Gauge("scoreops_decode_rows",
                                   "Completions in the running decode batch (hf backend).",
