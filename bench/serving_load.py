@@ -31,7 +31,6 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -42,44 +41,11 @@ from typing import Any
 
 import httpx
 
+from serving_latency import PROMPTS, _free_port, _percentile  # same prompts and helpers
+
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "builtin://smollm2-135m-instruct"
 EXAMPLE = ROOT / "manifests" / "examples" / "correctorservice-tiny.yaml"
-
-PROMPTS = [
-    "What is 17 + 25?",
-    "A shop sells pens at 3 dollars each. How much do 12 pens cost?",
-    "What is 9 times 8?",
-    "Tom has 45 apples and gives away 17. How many are left?",
-    "What is 144 divided by 12?",
-    "A train travels 60 km per hour for 3 hours. How far does it go?",
-    "What is the square of 15?",
-    "Sara reads 20 pages a day. How many pages does she read in a week?",
-    "What is 1000 minus 387?",
-    "If a rectangle is 7 cm by 9 cm, what is its area?",
-    "What is 25 percent of 80?",
-    "A box holds 6 eggs. How many boxes are needed for 50 eggs?",
-    "What is 13 + 29 + 8?",
-    "How many minutes are in 3.5 hours?",
-    "What is 2 to the power of 10?",
-    "A bike costs 240 dollars after a 20 percent discount. What was the price before?",
-]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    k = (len(ordered) - 1) * q
-    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
-
 
 class Server:
     """``scoreops serve`` (profile ``default``) or ``scoreops run EXAMPLE`` (``example``)."""
