@@ -12,8 +12,8 @@ Arms (``--arms``):
 * ``grpo``: single-turn GRPO;
 * ``naive``: two-turn REINFORCE (SCoRe's stage II with α = 0, no stage I, raw advantages);
 * ``score``: SCoRe with stage I for ``--stage1-fraction`` of the steps, then stage II
-  (α = 10, β1 = 0.01, β2 = 0.1, the unshaped turn-1 credit, per-turn advantage scale), with
-  per-turn gradient norms logged (one extra backward per step, this arm only);
+  (α = 10, β1 = 0.01, β2 = 0.1, the unshaped turn-1 credit, per-turn advantage scale); with
+  ``--grad-norms`` each turn's gradient norm is logged (one extra backward per step);
 * ``mgrpo``: MGRPO with the paper's seven guide phrases appended in the same assistant turn;
   evaluated with a guide phrase as its second turn (its training distribution);
 * ``oracle``: the ``score`` arm with oracle feedback before turn 2, in training and evaluation
@@ -25,8 +25,10 @@ across seeds, the mean and a t interval; for Acc@t2(score) − Acc@t2(grpo) (and
 pre-registered contrasts), a bootstrap over items and seeds, paired (the same resampled items
 for both arms, seeds paired by index).
 
-    python bench/compare_algorithms.py --seeds 3 --steps 6 --batch 2 --eval-items 60 \
-        --max-new-tokens 16 --lr 2e-5 --threads 1 --out bench/results/compare-DATE
+    python bench/compare_algorithms.py --seeds 3 --threads 1 --out bench/results/compare-DATE
+
+(the defaults are the sizes of the second pre-registered protocol in docs/results.md; two
+processes with disjoint ``--arms`` and the same ``--out`` share the work across cores).
 
 Results are written as they come: ``runs/<arm>-seed<k>.json`` after every run (per-item
 correctness included), ``results.json``, ``results.md`` and ``results.png`` after every run.
@@ -62,7 +64,7 @@ def write_data(args: argparse.Namespace, root: Path) -> tuple[str, str]:
     from scoreops.data.items import Item
 
     config = json.loads(args.task_config)
-    pool = generate_items(args.task, (args.train_items + args.eval_items) * 2, seed=0,
+    pool = generate_items(args.task, (args.train_items + args.eval_items) * 10, seed=0,
                           config=config)
     seen: set[str] = set()
     unique = []
@@ -70,7 +72,10 @@ def write_data(args: argparse.Namespace, root: Path) -> tuple[str, str]:
         key = normalize_question(it.question)
         if key not in seen:
             seen.add(key)
-            unique.append(Item(id=it.id, question=it.question + SUFFIX, answer=it.answer,
+            # every item ends with the same "Answer: N" instruction (the built-in addition
+            # task's own "Answer with only the number." is replaced by it)
+            question = it.question.removesuffix(" Answer with only the number.") + SUFFIX
+            unique.append(Item(id=it.id, question=question, answer=it.answer,
                                source=it.source, meta={}))
     random.Random(0).shuffle(unique)
     held = unique[: args.eval_items]
@@ -92,7 +97,7 @@ def spec_for(arm: str, seed: int, args: argparse.Namespace, data: tuple[str, str
         "grpo": {"name": "grpo", "grpo": {"steps": args.steps, "beta": 0.001}},
         "naive": {"name": "score", "score": {"stage1Steps": 0, "stage2Steps": args.steps,
                                              "alpha": 0.0, "beta1": 0.01, "termScale": "none"}},
-        "score": {"name": "score", "score": {**score, "termGradNorms": True}},
+        "score": {"name": "score", "score": {**score, "termGradNorms": args.grad_norms}},
         "oracle": {"name": "score", "score": score},
         "mgrpo": {"name": "mgrpo", "mgrpo": {"steps": args.steps, "beta": 0.001,
                                              "variations": 2}},
@@ -116,6 +121,13 @@ def spec_for(arm: str, seed: int, args: argparse.Namespace, data: tuple[str, str
         "output": {"uri": output},
         "seed": seed,
     }
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """A run file is whole or absent: a resumed job never takes a half-written one."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
 
 
 def scorerun(spec: dict[str, Any], name: str) -> Any:
@@ -423,25 +435,30 @@ def main() -> None:
     p.add_argument("--model", default="builtin://smollm2-135m-instruct")
     p.add_argument("--arms", default=",".join(ARMS))
     p.add_argument("--seeds", type=int, default=3, help="training seeds per arm")
-    p.add_argument("--steps", type=int, default=6, help="optimiser steps of every arm")
-    p.add_argument("--batch", type=int, default=2, help="prompts per step")
+    p.add_argument("--steps", type=int, default=8, help="optimiser steps of every arm")
+    p.add_argument("--batch", type=int, default=4, help="prompts per step")
     p.add_argument("--samples", type=int, default=4, help="samples per prompt (G)")
-    p.add_argument("--task", default="chain_sum")
-    p.add_argument("--task-config", default='{"min_terms": 2, "max_terms": 2, '
-                                            '"min_digits": 1, "max_digits": 2}')
+    p.add_argument("--task", default="single-digit-addition",
+                   help="a built-in or reasoning-gym task (see `scoreops data --help`)")
+    p.add_argument("--task-config", default='{"low": 0, "high": 49}',
+                   help="the task's config as JSON (default: operands 0..49, 2,500 questions)")
     p.add_argument("--train-items", type=int, default=2000)
-    p.add_argument("--eval-items", type=int, default=60)
+    p.add_argument("--eval-items", type=int, default=200)
     p.add_argument("--max-new-tokens", type=int, default=16)
-    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--temperature", type=float, default=0.7)
     p.add_argument("--lr", type=float, default=2e-5)
     p.add_argument("--stage1-fraction", type=float, default=0.25)
+    p.add_argument("--grad-norms", action="store_true",
+                   help="log each turn's gradient norm in the score arm (one more backward "
+                        "per step)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's choice)")
     p.add_argument("--out", default=None)
     p.add_argument("--report-only", action="store_true")
     args = p.parse_args()
     out = Path(args.out or tempfile.mkdtemp(prefix="scoreops-compare-"))
     (out / "runs").mkdir(parents=True, exist_ok=True)
-    settings = {k: v for k, v in vars(args).items() if k not in ("out", "report_only")}
+    settings = {k: v for k, v in vars(args).items()
+                if k not in ("out", "report_only", "arms")}  # arms: may be split over processes
     settings.update(suffix=SUFFIX, instruction=INSTRUCTION)
     if args.report_only:
         write_report(out, settings)
@@ -458,7 +475,7 @@ def main() -> None:
         if a not in ARMS:
             raise SystemExit(f"unknown arm {a!r}; known: {', '.join(ARMS)}")
     if "base" in arms and not (out / "runs" / "base.json").exists():
-        (out / "runs" / "base.json").write_text(json.dumps(evaluate_base(args, data)))
+        write_atomic(out / "runs" / "base.json", json.dumps(evaluate_base(args, data)))
         write_report(out, settings)
     for seed in range(args.seeds):  # seed-major: every arm of a seed before the next seed
         for arm in arms:
@@ -469,7 +486,7 @@ def main() -> None:
                 continue
             t0 = time.perf_counter()
             r = train_arm(arm, seed, args, data, work)
-            path.write_text(json.dumps(r))
+            write_atomic(path, json.dumps(r))
             print(f"{arm} seed {seed}: {time.perf_counter() - t0:.0f}s "
                   f"{json.dumps(r['metrics'])[:200]}", flush=True)
             write_report(out, settings)
