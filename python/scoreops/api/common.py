@@ -17,6 +17,9 @@ DEFAULT_CORRECTION_INSTRUCTION = (
 
 Engine = Literal["hf", "vllm"]
 Precision = Literal["fp32", "bf16", "fp16"]
+TORCH_DTYPE: dict[str, str] = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+"""A ``Precision`` as the name of its torch dtype (``getattr(torch, TORCH_DTYPE[p])``): the one
+place this mapping is written."""
 
 
 class ModelRef(ApiModel):
