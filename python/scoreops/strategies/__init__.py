@@ -25,6 +25,7 @@ from scoreops.strategies.core import (
     majority_vote,
     run_strategy,
 )
+from scoreops.strategies.registry import STRATEGIES, Strategy, get_strategy
 from scoreops.strategies.verifiers import (
     SELF_EVAL_PROMPT,
     RewardFn,
@@ -37,10 +38,13 @@ __all__ = [
     "DEFAULT_AGGREGATOR_PROMPT",
     "DIVERSE_TEMPERATURE",
     "SELF_EVAL_PROMPT",
+    "STRATEGIES",
     "Attempt",
     "RewardFn",
+    "Strategy",
     "StrategyResult",
     "aggregator_conversation",
+    "get_strategy",
     "load_reward_model",
     "majority_vote",
     "parse_yes_no",
