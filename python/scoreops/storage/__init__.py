@@ -17,15 +17,13 @@ S3 is configured from the environment (``AWS_ENDPOINT_URL``/``S3_ENDPOINT_URL``,
 
 from scoreops.storage.artifacts import (
     MANIFEST_NAME,
-    artifact_cache_dir,
-    cached_artifact,
-    evict_artifact_cache,
     is_complete,
     list_artifacts,
     load_artifact,
     read_manifest,
     save_artifact,
 )
+from scoreops.storage.cache import artifact_cache_dir, cached_artifact, evict_artifact_cache
 from scoreops.storage.core import (
     delete,
     delete_prefix,

@@ -26,16 +26,25 @@ up (and down) in 8 MiB parts through boto3's transfer manager.
 from __future__ import annotations
 
 import io
-import os
 import random
-import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 from scoreops.storage.errors import NotFoundError, StorageError
+from scoreops.storage.s3_client import (
+    MULTIPART_CHUNKSIZE,
+    MULTIPART_THRESHOLD,
+    SETUP_HELP,
+    Handle,
+    S3Settings,
+    clear_client_cache,
+    client_handle,
+    get_client,
+    settings_from_env,
+    transfer_config,
+)
 from scoreops.storage.uri import S3Location
 
 __all__ = [
@@ -57,182 +66,13 @@ __all__ = [
     "write_bytes",
 ]
 
-MULTIPART_THRESHOLD = 8 * 1024 * 1024
-MULTIPART_CHUNKSIZE = 8 * 1024 * 1024
 _LIST_PAGE_SIZE = 1000  # keys per ListObjectsV2 page (tests lower it to exercise paging)
 _DELETE_BATCH = 1000  # DeleteObjects accepts at most 1000 keys
 _BACKOFF_BASE_S = 0.5
 _BACKOFF_MAX_S = 8.0
 
-_ENDPOINT_VARS = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "S3_ENDPOINT_URL")
-_SETUP_HELP = (
-    "set AWS_ENDPOINT_URL (or S3_ENDPOINT_URL) to the S3-compatible server, e.g. "
-    "http://127.0.0.1:9000, and AWS_ACCESS_KEY_ID + AWS_SECRET_ACCESS_KEY "
-    "(or AWS_PROFILE naming a profile in ~/.aws/config)"
-)
 
 T = TypeVar("T")
-
-
-# ------------------------------------------------------------------------------ settings
-
-
-def _int_env(name: str, default: int) -> int:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise StorageError(f"{name}={raw!r} is not an integer") from None
-
-
-@dataclass(frozen=True)
-class S3Settings:
-    """Where and as whom to talk S3; hashable, so it keys the client cache."""
-
-    endpoint: str | None
-    region: str
-    access_key: str | None
-    secret_key: str | None = field(repr=False)
-    session_token: str | None = field(repr=False)
-    profile: str | None
-    addressing_style: str = "path"
-    verify: bool = True
-    max_attempts: int = 5
-    connect_retries: int = 2
-
-    @property
-    def endpoint_label(self) -> str:
-        return self.endpoint or f"AWS S3 ({self.region})"
-
-
-def settings_from_env() -> S3Settings:
-    """Read the S3 settings from the environment (see the module docstring)."""
-    env = os.environ
-    endpoint = next((env[v].strip() for v in _ENDPOINT_VARS if env.get(v, "").strip()), None)
-    if endpoint and "://" not in endpoint:
-        https = env.get("S3_USE_HTTPS", "1").strip().lower() not in ("0", "false", "no")
-        endpoint = f"{'https' if https else 'http'}://{endpoint}"
-    access_key = env.get("AWS_ACCESS_KEY_ID") or None
-    secret_key = env.get("AWS_SECRET_ACCESS_KEY") or None
-    if bool(access_key) != bool(secret_key):
-        missing = "AWS_SECRET_ACCESS_KEY" if access_key else "AWS_ACCESS_KEY_ID"
-        raise StorageError(
-            f"{missing} is not set while its partner is (endpoint "
-            f"{endpoint or 'AWS S3'}): set both AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
-        )
-    style = env.get("S3_ADDRESSING_STYLE", "path").strip().lower() or "path"
-    if style not in ("path", "virtual", "auto"):
-        raise StorageError(f"S3_ADDRESSING_STYLE={style!r}: use path, virtual or auto")
-    return S3Settings(
-        endpoint=endpoint,
-        region=(env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1").strip(),
-        access_key=access_key,
-        secret_key=secret_key,
-        session_token=(env.get("AWS_SESSION_TOKEN") or None) if access_key else None,
-        profile=None if access_key else (env.get("AWS_PROFILE") or None),
-        addressing_style=style,
-        verify=env.get("S3_VERIFY_SSL", "1").strip().lower() not in ("0", "false", "no"),
-        max_attempts=max(1, _int_env("SCOREOPS_S3_MAX_ATTEMPTS", 5)),
-        connect_retries=max(0, _int_env("SCOREOPS_S3_CONNECT_RETRIES", 2)),
-    )
-
-
-# ------------------------------------------------------------------------------ clients
-
-
-@dataclass
-class _Handle:
-    """A client plus what error messages need to know about it."""
-
-    client: Any
-    settings: S3Settings
-    access_key: str
-
-    @property
-    def endpoint(self) -> str:
-        url = getattr(self.client.meta, "endpoint_url", None)
-        return str(url) if url else self.settings.endpoint_label
-
-
-_clients: dict[S3Settings, _Handle] = {}
-_clients_lock = threading.Lock()
-
-
-def clear_client_cache() -> None:
-    """Forget every cached client (the next call builds one from the environment)."""
-    with _clients_lock:
-        _clients.clear()
-
-
-def _make_handle(settings: S3Settings) -> _Handle:
-    import boto3
-    from botocore.config import Config
-    from botocore.exceptions import BotoCoreError, ProfileNotFound
-
-    try:
-        session = boto3.session.Session(
-            aws_access_key_id=settings.access_key,
-            aws_secret_access_key=settings.secret_key,
-            aws_session_token=settings.session_token,
-            profile_name=settings.profile,
-            region_name=settings.region,
-        )
-    except ProfileNotFound:
-        raise StorageError(
-            f"AWS_PROFILE={settings.profile!r} names no profile in ~/.aws/config or "
-            f"~/.aws/credentials; {_SETUP_HELP}"
-        ) from None
-    try:
-        credentials = session.get_credentials()
-    except BotoCoreError as exc:
-        raise StorageError(f"cannot load S3 credentials: {exc}; {_SETUP_HELP}") from exc
-    if credentials is None:
-        if settings.endpoint is None:
-            raise StorageError(f"S3 is not configured (no endpoint, no credentials): {_SETUP_HELP}")
-        raise StorageError(
-            f"no S3 credentials for endpoint {settings.endpoint}: set AWS_ACCESS_KEY_ID and "
-            "AWS_SECRET_ACCESS_KEY (or AWS_PROFILE)"
-        )
-    config = Config(
-        signature_version="s3v4",
-        s3={"addressing_style": settings.addressing_style},
-        retries={"mode": "standard", "max_attempts": settings.max_attempts},
-        connect_timeout=10,
-        read_timeout=120,
-        max_pool_connections=32,
-        user_agent_extra="scoreops",
-    )
-    client = session.client(
-        "s3", endpoint_url=settings.endpoint, config=config, verify=settings.verify
-    )
-    return _Handle(client, settings, credentials.access_key or "?")
-
-
-def _handle(settings: S3Settings | None = None) -> _Handle:
-    settings = settings or settings_from_env()
-    with _clients_lock:
-        handle = _clients.get(settings)
-        if handle is None:
-            handle = _clients[settings] = _make_handle(settings)
-        return handle
-
-
-def get_client(settings: S3Settings | None = None) -> Any:
-    """The cached boto3 S3 client for ``settings`` (default: from the environment)."""
-    return _handle(settings).client
-
-
-def transfer_config() -> Any:
-    """boto3 ``TransferConfig``: multipart at and above 8 MiB, 8 MiB parts."""
-    from boto3.s3.transfer import TransferConfig
-
-    return TransferConfig(
-        multipart_threshold=MULTIPART_THRESHOLD,
-        multipart_chunksize=MULTIPART_CHUNKSIZE,
-        max_concurrency=4,
-    )
 
 
 # ------------------------------------------------------------------------------ errors
@@ -266,13 +106,13 @@ def _is_connection_error(exc: BaseException) -> bool:
     )
 
 
-def _translate(exc: BaseException, h: _Handle, op: str, loc: S3Location) -> StorageError:
+def _translate(exc: BaseException, h: Handle, op: str, loc: S3Location) -> StorageError:
     """A clear :class:`StorageError` for a boto3 failure of ``op`` on ``loc``."""
     from botocore.exceptions import ClientError, NoCredentialsError
 
     uri, ep, key_id = loc.uri, h.endpoint, h.access_key
     if isinstance(exc, NoCredentialsError):
-        return StorageError(f"no S3 credentials to {op} {uri} at endpoint {ep}: {_SETUP_HELP}")
+        return StorageError(f"no S3 credentials to {op} {uri} at endpoint {ep}: {SETUP_HELP}")
     if _is_connection_error(exc):
         return StorageError(
             f"cannot reach the S3 endpoint {ep} to {op} {uri}: {exc}. Is the server running? "
@@ -310,7 +150,7 @@ def _translate(exc: BaseException, h: _Handle, op: str, loc: S3Location) -> Stor
     return StorageError(f"S3 request to {op} {uri} at endpoint {ep} failed ({detail})")
 
 
-def _call(h: _Handle, op: str, loc: S3Location, fn: Callable[[], T]) -> T:
+def _call(h: Handle, op: str, loc: S3Location, fn: Callable[[], T]) -> T:
     """Run ``fn`` retrying connection failures with exponential backoff; translate errors."""
     from boto3.exceptions import RetriesExceededError, S3UploadFailedError
     from botocore.exceptions import BotoCoreError, ClientError
@@ -342,7 +182,7 @@ def _call(h: _Handle, op: str, loc: S3Location, fn: Callable[[], T]) -> T:
             raise _translate(cause, h, op, loc) from exc
 
 
-def _explain_head_failure(h: _Handle, op: str, loc: S3Location, exc: BaseException) -> NoReturn:
+def _explain_head_failure(h: Handle, op: str, loc: S3Location, exc: BaseException) -> NoReturn:
     """HEAD answers 404/403 with no body; a LIST on the same bucket says what went wrong."""
     _call(h, op, loc, lambda: h.client.list_objects_v2(Bucket=loc.bucket, MaxKeys=1))
     raise _translate(exc, h, op, loc) from exc
@@ -352,7 +192,7 @@ def _explain_head_failure(h: _Handle, op: str, loc: S3Location, exc: BaseExcepti
 
 
 def read_bytes(loc: S3Location) -> bytes:
-    h = _handle()
+    h = client_handle()
 
     def get() -> bytes:
         response = h.client.get_object(Bucket=loc.bucket, Key=loc.key)
@@ -362,7 +202,7 @@ def read_bytes(loc: S3Location) -> bytes:
 
 
 def write_bytes(loc: S3Location, data: bytes) -> None:
-    h = _handle()
+    h = client_handle()
     if len(data) >= MULTIPART_THRESHOLD:
 
         def put() -> None:
@@ -376,7 +216,7 @@ def write_bytes(loc: S3Location, data: bytes) -> None:
     _call(h, "write", loc, put)
 
 
-def _upload_fileobj(h: _Handle, fileobj: Any, loc: S3Location) -> None:
+def _upload_fileobj(h: Handle, fileobj: Any, loc: S3Location) -> None:
     from boto3.s3.transfer import create_transfer_manager
 
     manager = create_transfer_manager(h.client, transfer_config())
@@ -386,7 +226,7 @@ def _upload_fileobj(h: _Handle, fileobj: Any, loc: S3Location) -> None:
         manager.shutdown()
 
 
-def _download_to(h: _Handle, loc: S3Location, path: Path) -> None:
+def _download_to(h: Handle, loc: S3Location, path: Path) -> None:
     from boto3.s3.transfer import create_transfer_manager
 
     manager = create_transfer_manager(h.client, transfer_config())
@@ -400,7 +240,7 @@ def _download_to(h: _Handle, loc: S3Location, path: Path) -> None:
 def upload_file(path: Path, loc: S3Location) -> None:
     if not path.is_file():
         raise NotFoundError(f"cannot upload {path} to {loc.uri}: no such file")
-    h = _handle()
+    h = client_handle()
 
     def up() -> None:
         with path.open("rb") as fh:
@@ -412,7 +252,7 @@ def upload_file(path: Path, loc: S3Location) -> None:
 def download_file(loc: S3Location, path: Path) -> None:
     from botocore.exceptions import ClientError
 
-    h = _handle()
+    h = client_handle()
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         _call(h, "download", loc, lambda: _download_to(h, loc, path))
@@ -423,7 +263,7 @@ def download_file(loc: S3Location, path: Path) -> None:
         raise
 
 
-def _head_object(h: _Handle, op: str, loc: S3Location) -> dict[str, Any]:
+def _head_object(h: Handle, op: str, loc: S3Location) -> dict[str, Any]:
     """HEAD the object; on 404/403 (which carry no body) a LIST tells which error it is."""
     from botocore.exceptions import ClientError
 
@@ -436,14 +276,14 @@ def _head_object(h: _Handle, op: str, loc: S3Location) -> dict[str, Any]:
 
 
 def size(loc: S3Location) -> int:
-    return int(_head_object(_handle(), "stat", loc)["ContentLength"])
+    return int(_head_object(client_handle(), "stat", loc)["ContentLength"])
 
 
 def exists(loc: S3Location) -> bool:
     """An object at ``loc``, a non-empty prefix ``loc/``, or (empty key) the bucket."""
     from botocore.exceptions import ClientError
 
-    h = _handle()
+    h = client_handle()
     if not loc.key:
         try:
             _call(h, "check", loc, lambda: h.client.head_bucket(Bucket=loc.bucket))
@@ -471,7 +311,7 @@ def exists(loc: S3Location) -> bool:
     return bool(response.get("Contents") or response.get("CommonPrefixes"))
 
 
-def _pages(h: _Handle, loc: S3Location, prefix: str, delimiter: str | None) -> Iterator[dict]:
+def _pages(h: Handle, loc: S3Location, prefix: str, delimiter: str | None) -> Iterator[dict]:
     """ListObjectsV2 pages. Paging follows IsTruncated/NextContinuationToken (some servers
     omit KeyCount)."""
     token: str | None = None
@@ -499,7 +339,7 @@ def _dir_prefix(loc: S3Location) -> str:
 def list_entries(loc: S3Location, recursive: bool) -> list[tuple[str, int | None]]:
     """Objects under the prefix ``loc/`` as (relative key, size); not recursive: direct
     objects plus direct sub-prefixes as ``("name/", None)``."""
-    h = _handle()
+    h = client_handle()
     prefix = _dir_prefix(loc)
     out: list[tuple[str, int | None]] = []
     for page in _pages(h, loc, prefix, None if recursive else "/"):
@@ -515,13 +355,13 @@ def list_entries(loc: S3Location, recursive: bool) -> list[tuple[str, int | None
 
 
 def delete(loc: S3Location) -> None:
-    h = _handle()
+    h = client_handle()
     _call(h, "delete", loc, lambda: h.client.delete_object(Bucket=loc.bucket, Key=loc.key))
 
 
 def delete_prefix(loc: S3Location) -> None:
     """Delete every object under ``loc/`` (the whole bucket's content for an empty key)."""
-    h = _handle()
+    h = client_handle()
     prefix = _dir_prefix(loc)
     keys = [prefix + rel for rel, _ in list_entries(loc, recursive=True)]
     for start in range(0, len(keys), _DELETE_BATCH):
