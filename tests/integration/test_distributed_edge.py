@@ -203,13 +203,14 @@ def _children_by_rank(parent: int) -> dict[int, int]:
     return found
 
 
-class _Launch:
+class Launch:
     """A torchrun launch whose stdout is read by a thread, so waits can time out."""
 
-    def __init__(self, cmd: list[str], stderr: Path) -> None:
+    def __init__(self, cmd: list[str], stderr: Path, env: dict[str, str] | None = None) -> None:
+        self.stderr_path = stderr
         self._err = stderr.open("w")
-        self.proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=self._err,
-                                     text=True)
+        self.proc = subprocess.Popen(cmd, env=env if env is not None else _env(),
+                                     stdout=subprocess.PIPE, stderr=self._err, text=True)
         self.lines: list[str] = []
         self._queue: queue.Queue[str | None] = queue.Queue()
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -265,6 +266,10 @@ class _Launch:
         self.proc.wait()
         self._err.close()
 
+    def events(self) -> list[dict[str, Any]]:
+        """The JSON log events read so far."""
+        return [json.loads(x) for x in self.lines if x.startswith("{")]
+
     def output(self) -> str:
         return "".join(self.lines)
 
@@ -287,7 +292,7 @@ def test_sigterm_to_one_rank_stops_the_group_at_one_checkpoint_and_resumes(
     spec = tmp_path / "run.json"
     spec.write_text(json.dumps(doc))
 
-    job = _Launch(_command(spec, 2), tmp_path / "stderr.log")
+    job = Launch(_command(spec, 2), tmp_path / "stderr.log")
     try:
         # the workers are up, their signal handlers installed, once they load the data
         loading = job.wait_event(lambda e: e.get("what") == "data" and e.get("rank") == 1, 180)

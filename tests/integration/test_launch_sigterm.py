@@ -18,16 +18,12 @@ Real torchrun, gloo, CPU; the digit toy model (``scoreops.testing.digits``).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import queue
 import signal
 import socket
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +41,7 @@ from scoreops.training.checkpoint import list_checkpoints  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_algorithms_train import spec_doc  # noqa: E402
+from test_distributed_edge import Launch as EdgeLaunch  # noqa: E402
 from test_distributed_edge import _children_by_rank, write_items  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
@@ -94,67 +91,15 @@ class Pod:
         }
 
     def start(self, name: str) -> Launch:
-        return Launch(self.command, self.env(), self.workdir / f"{name}.stderr")
+        return Launch(self.command, self.workdir / f"{name}.stderr", self.env())
 
     def run(self, name: str, timeout_s: float = 600) -> subprocess.CompletedProcess[str]:
         return subprocess.run(self.command, env=self.env(), capture_output=True, text=True,
                               timeout=timeout_s)
 
 
-class Launch:
-    """A running launcher; its stdout read by a thread so that waits can time out."""
-
-    def __init__(self, cmd: list[str], env: dict[str, str], stderr: Path) -> None:
-        self.stderr_path = stderr
-        self._err = stderr.open("w")
-        self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=self._err,
-                                     text=True)
-        self.lines: list[str] = []
-        self._queue: queue.Queue[str | None] = queue.Queue()
-        threading.Thread(target=self._read, daemon=True).start()
-        self.workers: dict[int, int] = {}
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self._queue.put(line)
-        self._queue.put(None)
-
-    def wait_event(self, want: Any, timeout_s: float) -> dict[str, Any] | None:
-        deadline = time.monotonic() + timeout_s
-        while (left := deadline - time.monotonic()) > 0:
-            try:
-                line = self._queue.get(timeout=left)
-            except queue.Empty:
-                return None
-            if line is None:
-                return None
-            self.lines.append(line)
-            if line.startswith("{") and want(json.loads(line)):
-                return json.loads(line)
-        return None
-
-    def wait(self, timeout_s: float) -> int | None:
-        try:
-            code = self.proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            return None
-        while (line := self._queue.get(timeout=30)) is not None:
-            self.lines.append(line)
-        return code
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.workers.update(_children_by_rank(self.proc.pid))
-        for pid in self.workers.values():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        self.proc.kill()
-        self.proc.wait()
-        self._err.close()
-
-    def events(self) -> list[dict[str, Any]]:
-        return [json.loads(x) for x in self.lines if x.startswith("{")]
+class Launch(EdgeLaunch):
+    """A running launcher (see the distributed-edge tests' launcher), with its stderr tail."""
 
     def output(self) -> str:
         return "".join(self.lines)[-4000:] + "\n" + self.stderr_path.read_text()[-4000:]
