@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from scoreops.api import parse_resource
-from scoreops.evaluate import _encode_pair, loglikelihoods, main, run_evalsuite
+from scoreops.evaluate import loglikelihoods, main, run_evalsuite
+from scoreops.evaluate.loglik import _encode_pair
 
 GSM8K = [
     {"id": f"g{i}", "question": f"Tom has {a} apples and buys {b} more. How many now?",

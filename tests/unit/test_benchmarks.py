@@ -14,6 +14,7 @@ from scoreops.benchmarks import (
     list_benchmarks,
     load_benchmark_items,
     load_fewshot_items,
+    register,
 )
 from scoreops.benchmarks.bbh import (
     bbh_extract_answer,
@@ -36,6 +37,8 @@ def test_registry_names_and_unknown_name():
     with pytest.raises(ValueError) as err:
         get_benchmark("gsm9k")
     assert "gsm8k" in str(err.value) and "hellaswag" in str(err.value)
+    with pytest.raises(ValueError, match="already registered"):
+        register(get_benchmark("gsm8k"))
 
 
 def test_known_sizes():
@@ -323,3 +326,36 @@ def test_single_digit_addition_benchmark_is_generated_and_scored():
     assert bench.score(str(a + b + 1), item)["correct"] == 0.0
     messages = bench.format_prompt(item, fewshot=2)
     assert len(messages) == 5 and messages[-1]["content"] == item["question"]
+
+
+# -- what the evaluator reads from a benchmark --------------------------------------------------
+
+
+@pytest.mark.parametrize(("name", "text", "answer"), [
+    ("gsm8k", "7 + 8 = 15, so $1,234.", "1234"),  # the flexible (last-number) answer
+    ("gsm8k", "no number here", None),
+    ("math500", "so \\boxed{\\frac{1}{2}}", "\\frac{1}{2}"),
+    ("single-digit-addition", "The answer is 12.", "12"),
+    ("arc_challenge", "I think it is water", "B"),  # option text -> its letter
+    ("mmlu", "The answer is C.", "C"),
+    ("hellaswag", "nothing", None),
+    ("bbh", "So the answer is (B).", "(B)"),
+    ("bbh_boolean_expressions", "", None),
+])
+def test_extract_reads_the_answer_the_scorer_checks(name: str, text: str,
+                                                    answer: str | None):
+    item = {"question": "q", "choices": ["iron", "water", "salt", "sand"], "answer": 1,
+            "subject": "anatomy"}
+    assert get_benchmark(name).extract(text, item) == answer
+
+
+def test_side_metrics_are_what_the_scorer_reports():
+    for name in list_benchmarks():
+        bench = get_benchmark(name)
+        assert bench.stop == ()
+        if name != "gsm8k":
+            assert not bench.side_metrics
+    gsm8k = get_benchmark("gsm8k")
+    scores = gsm8k.score("#### 5", {"question": "q", "answer": "5"})
+    assert list(gsm8k.side_metrics) == ["strict", "flexible"]
+    assert set(gsm8k.side_metrics) <= set(scores)

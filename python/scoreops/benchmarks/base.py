@@ -1,4 +1,8 @@
-"""The shape of a benchmark: data, prompt, scoring - declared once, registered by name."""
+"""The shape of a benchmark: data, prompt, scoring, answer extraction - declared once.
+
+The declarations are in :mod:`scoreops.benchmarks.definitions`; the registry that finds them
+by name is :mod:`scoreops.benchmarks.registry`.
+"""
 
 from __future__ import annotations
 
@@ -11,9 +15,6 @@ __all__ = [
     "Benchmark",
     "BenchmarkKind",
     "ChatMessage",
-    "get_benchmark",
-    "list_benchmarks",
-    "register",
 ]
 
 BenchmarkKind = Literal["generative-math", "multiple-choice", "generative-text"]
@@ -35,6 +36,11 @@ class Benchmark:
     ``kind`` is ``generative-math`` (answer checked for mathematical equivalence),
     ``multiple-choice`` (generated letter, or log-likelihood of each option) or
     ``generative-text`` (BBH: exact match of "the answer is X").
+
+    What the evaluator needs to know about a benchmark is declared here, so it never asks
+    for a benchmark by name: ``extract`` reads a completion's answer (lm-eval's filter),
+    ``stop`` ends generation, ``side_metrics`` names the extra 0/1 metrics of the scorer
+    that are summarised per turn and captioned in the report.
     """
 
     name: str
@@ -49,6 +55,9 @@ class Benchmark:
     scorer: Callable[[str, BenchItem], dict[str, float]]
     #: the verifier kind (scoreops.rewards.make_verifier) that matches ``correct``
     verifier: str
+    #: completion, item -> the answer it gives in the terms the scorer checks (GSM8K the
+    #: normalised last number, multiple choice the option letter), None when unreadable
+    extract: Callable[[str, BenchItem], str | None]
     subjects: tuple[str, ...] = ()
     subject_field: str = "subject"
     #: expected items per subject, where known (BBH tasks)
@@ -70,6 +79,11 @@ class Benchmark:
     ll_choices: Callable[[BenchItem], list[str]] | None = None
     #: text before the few-shot block in log-likelihood mode (e.g. MMLU's subject line)
     ll_description: Callable[[BenchItem], str] | None = None
+    #: strings that end a generation (besides the model's end of sequence)
+    stop: tuple[str, ...] = ()
+    #: extra 0/1 metrics the scorer reports next to ``correct`` -> the report's caption of
+    #: each (GSM8K: lm-eval's strict and flexible match), in report order
+    side_metrics: dict[str, str] = field(default_factory=dict)
 
     # -- prompts ---------------------------------------------------------------------------
 
@@ -159,34 +173,3 @@ class Benchmark:
 def _argmax(values: Sequence[float]) -> int:
     return max(range(len(values)), key=lambda i: values[i])
 
-
-_REGISTRY: dict[str, Benchmark] = {}
-
-
-def register(benchmark: Benchmark) -> Benchmark:
-    """Add a benchmark to the registry (a name can be registered once)."""
-    if benchmark.name in _REGISTRY:
-        raise ValueError(f"benchmark {benchmark.name!r} is already registered")
-    _REGISTRY[benchmark.name] = benchmark
-    return benchmark
-
-
-def _ensure_loaded() -> None:
-    from scoreops.benchmarks import definitions  # noqa: F401  (registers the benchmarks)
-
-
-def get_benchmark(name: str) -> Benchmark:
-    """The registered benchmark; ValueError listing the known names otherwise."""
-    _ensure_loaded()
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise ValueError(
-            f"unknown benchmark {name!r}; known: {', '.join(sorted(_REGISTRY))}"
-        ) from None
-
-
-def list_benchmarks() -> list[str]:
-    """Registered benchmark names, sorted."""
-    _ensure_loaded()
-    return sorted(_REGISTRY)

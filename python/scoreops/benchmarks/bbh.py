@@ -1,5 +1,5 @@
-"""BIG-Bench Hard: task list, answer matching, the standard files, and a generator for
-``boolean_expressions``.
+"""BIG-Bench Hard: task list, answer matching, prompts and scoring, the standard files, and a
+generator for ``boolean_expressions``.
 
 BBH ships as one JSON file per task (``{"examples": [{"input", "target"}]}``) with optional
 chain-of-thought prompts (``cot-prompts/<task>.txt``); no package here carries it, so it is
@@ -21,11 +21,13 @@ from scoreops.rewards.extract import normalize_number
 __all__ = [
     "BBH_TASKS",
     "BBH_TASK_SIZES",
+    "bbh_answer",
     "bbh_extract_answer",
     "bbh_match",
     "evaluate_boolean_expression",
     "generate_boolean_expressions",
     "parse_cot_prompt",
+    "score_bbh",
 ]
 
 #: The 27 tasks and their sizes in the standard release (6,511 items).
@@ -251,3 +253,52 @@ def generate_boolean_expressions(
         out.append({"question": f"{expr} is", "answer": str(value),
                     "solution": f"Let's evaluate step by step. {trace} So the answer is {value}."})
     return out
+
+
+# -- prompts, scoring and rows (the benchmark declarations in definitions.py use these) --------
+
+BBH_INSTRUCTION = "Think step by step, then finish with \"So the answer is <answer>.\""
+
+
+def bbh_user(item: dict[str, Any]) -> str:
+    return f"{item['question']}\n\n{BBH_INSTRUCTION}"
+
+
+def bbh_assistant(item: dict[str, Any]) -> str:
+    return str(item.get("solution") or f"So the answer is {item['answer']}.")
+
+
+def score_bbh(text: str, item: dict[str, Any]) -> dict[str, float]:
+    """What follows the last "the answer is" against the target (exact match after
+    normalisation; an option target ``(B)`` also accepts ``B``)."""
+    return {"correct": float(bbh_match(bbh_extract_answer(text), str(item["answer"])))}
+
+
+def bbh_answer(text: str, item: dict[str, Any]) -> str | None:
+    """What follows the last "the answer is", or None when the completion names nothing."""
+    return bbh_extract_answer(text) or None
+
+
+def bbh_raw(row: dict[str, Any], hint: str) -> dict[str, Any]:
+    task = str(row.get("task") or hint)
+    if task not in BBH_TASK_SIZES:
+        raise ValueError(f"unknown BBH task {task!r}")
+    item: dict[str, Any] = {"task": task, "question": str(row.get("input", row.get("question"))),
+                            "answer": str(row.get("target", row.get("answer"))).strip()}
+    if row.get("id") is not None:
+        item["id"] = str(row["id"])
+    return item
+
+
+def bbh_boolean_raw(row: dict[str, Any], hint: str) -> dict[str, Any]:
+    default = hint if hint in BBH_TASK_SIZES else "boolean_expressions"
+    item = bbh_raw({**row, "task": row.get("task") or default}, hint)
+    if item["task"] != "boolean_expressions":
+        raise ValueError(f"not a boolean_expressions item ({item['task']})")
+    return item
+
+
+def generate_boolean_items(size: int, seed: int) -> list[dict[str, Any]]:
+    """``size`` generated boolean_expressions items with stable ids (the test set is seed 0)."""
+    return [{"id": f"bbh_boolean_expressions-{seed}-{i}", "task": "boolean_expressions", **row}
+            for i, row in enumerate(generate_boolean_expressions(size, seed=seed))]

@@ -15,7 +15,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from scoreops.benchmarks.base import Benchmark, SourceResult, get_benchmark
+from scoreops.benchmarks.base import Benchmark, SourceResult
+from scoreops.benchmarks.registry import get_benchmark
 from scoreops.data.uri import DEFAULT_ROOT, describe, exists, join, read_bytes, write_bytes
 
 __all__ = [
@@ -115,6 +116,23 @@ def import_benchmark(
         raise ValueError(f"{name}: no usable test items in {where}")
     _unique_ids(test, name)
     _unique_ids(fewshot, f"{name}-fewshot")
+    expected, warnings = _check_sizes(bench, test)
+    _write_import(bench, root, test, fewshot, where, expected)
+    summary = ImportSummary(name=name, count=len(test), expected=expected,
+                            fewshot=len(fewshot), source=where,
+                            location=benchmark_uri(name, root),
+                            seconds=time.perf_counter() - started, warnings=warnings)
+    for w in warnings:
+        log.warning("%s", w)
+    if progress:
+        _print_summary(summary)
+    return summary
+
+
+def _check_sizes(bench: Benchmark, test: list[dict[str, Any]]) -> tuple[int | None, list[str]]:
+    """The item count to expect (only the subjects present, where some are missing) and
+    warnings about missing subjects, a count that differs, unknown subjects."""
+    name = bench.name
     warnings: list[str] = []
     expected = bench.expected_size
     if bench.subject_sizes:
@@ -132,6 +150,13 @@ def import_benchmark(
                          - set(bench.subjects))
         if unknown:
             warnings.append(f"{name}: items with unknown {bench.subject_field}: {unknown[:5]}")
+    return expected, warnings
+
+
+def _write_import(bench: Benchmark, root: str, test: list[dict[str, Any]],
+                  fewshot: list[dict[str, Any]], where: str, expected: int | None) -> None:
+    """``test.jsonl``, ``fewshot.jsonl`` (if any) and ``meta.json`` under ``root``."""
+    name = bench.name
     write_bytes(benchmark_uri(name, root, "test.jsonl"), _jsonl(test))
     if fewshot:
         write_bytes(benchmark_uri(name, root, "fewshot.jsonl"), _jsonl(fewshot))
@@ -145,20 +170,17 @@ def import_benchmark(
         "kind": bench.kind,
     }
     write_bytes(benchmark_uri(name, root, "meta.json"), json.dumps(meta, indent=2).encode())
-    summary = ImportSummary(name=name, count=len(test), expected=expected,
-                            fewshot=len(fewshot), source=where,
-                            location=benchmark_uri(name, root),
-                            seconds=time.perf_counter() - started, warnings=warnings)
-    for w in warnings:
-        log.warning("%s", w)
-    if progress:
-        for w in warnings:
-            print(f"warning: {w}", file=sys.stderr)
-        check = "" if expected is None else (
-            " (as expected)" if summary.count_matches else f" (expected {expected})")
-        print(f"{name}: {summary.count} items{check}, {summary.fewshot} few-shot, from "
-              f"{where} -> {summary.location} in {summary.seconds:.1f}s")
-    return summary
+
+
+def _print_summary(summary: ImportSummary) -> None:
+    """The warnings on stderr, then one line: how many items, from where, to where."""
+    for w in summary.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    expected = summary.expected
+    check = "" if expected is None else (
+        " (as expected)" if summary.count_matches else f" (expected {expected})")
+    print(f"{summary.name}: {summary.count} items{check}, {summary.fewshot} few-shot, from "
+          f"{summary.source} -> {summary.location} in {summary.seconds:.1f}s")
 
 
 def _not_imported(bench: Benchmark, root: str | None) -> FileNotFoundError:

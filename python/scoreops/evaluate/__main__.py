@@ -1,0 +1,7 @@
+"""``python -m scoreops.evaluate``: run the evaluator job (:func:`scoreops.evaluate.job.main`)."""
+
+import sys
+
+from scoreops.evaluate.job import main
+
+sys.exit(main())
