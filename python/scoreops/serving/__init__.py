@@ -17,6 +17,21 @@
 Importing this package imports neither kserve nor torch.
 """
 
-from scoreops.serving.config import Backend, ServingConfig
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from scoreops.serving.config import Backend, ServingConfig
 
 __all__ = ["Backend", "ServingConfig"]
+
+
+def __getattr__(name: str) -> Any:
+    """``Backend`` and ``ServingConfig`` on first use: importing the package (as ``scoreops
+    --help`` does for the serve options) stays free of pydantic."""
+    if name in __all__:
+        from scoreops.serving import config
+
+        return getattr(config, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
