@@ -84,15 +84,15 @@ class RequestChecks:
 
     def overhead(self, text: str) -> int:
         """Tokens a follow-up user message with ``text`` adds to a conversation."""
-        if text not in self.overheads:
+        if text not in self._overheads:
             from scoreops.rollout.chat import encode_conversation
 
             tok = self.tokenizer
             q = [{"role": "user", "content": "q"}]
             longer = [*q, {"role": "assistant", "content": "a"}, {"role": "user", "content": text}]
-            self.overheads[text] = (len(encode_conversation(tok, longer))
+            self._overheads[text] = (len(encode_conversation(tok, longer))
                                      - len(encode_conversation(tok, q)))
-        return self.overheads[text]
+        return self._overheads[text]
 
     def budget(self, strategy: StrategySpec) -> tuple[int, int]:
         """(generations a final prompt holds, fixed extra tokens) for the context check."""
