@@ -18,7 +18,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-from scoreops.serving.decode import Cancelled, RequestControl
+from scoreops.serving.decode import Cancelled
+from scoreops.serving.requests import RequestControl
 
 __all__ = ["CallEngine", "Coalescer", "Recording", "ServedResult"]
 

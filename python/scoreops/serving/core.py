@@ -3,7 +3,7 @@
 :class:`Corrector` owns one backend and an :class:`~scoreops.serving.scheduler.Admission`.
 Protocol handlers (OpenAI routes, KServe v1 ``predict``) turn a request into a
 :class:`PreparedRequest` with :meth:`Corrector.prepare` — which enforces the limits and the
-model's context and raises :class:`~scoreops.serving.protocol.ServingError` (HTTP 400) naming
+model's context (:mod:`scoreops.serving.checks`) and raises :class:`~scoreops.serving.protocol.ServingError` (HTTP 400) naming
 the field — and await :meth:`Corrector.run` for one list of
 :class:`~scoreops.strategies.StrategyResult` per conversation (``n`` each).
 
@@ -12,10 +12,11 @@ runs) in its own worker thread, with per-request turn state (turn 1, correction 
 turn 2, ...). Its engine calls go to the backend's step-level scheduler when it has one (the
 ``hf`` backend's :class:`~scoreops.serving.decode.DecodeLoop`: every turn of every request
 joins the running batch between decoding steps), else to the engine directly (remote
-predictor) or merged with other requests' calls (in-process engines without one).
+predictor) or merged with other requests' calls (in-process engines without one; see
+:mod:`scoreops.serving.calls`).
 
 Cancellation (client gone, timeout) goes through a
-:class:`~scoreops.serving.decode.RequestControl`: the request's rows leave the batch at the
+:class:`~scoreops.serving.requests.RequestControl`: the request's rows leave the batch at the
 next decoding step and its slot is freed at once.
 """
 
@@ -31,9 +32,10 @@ from scoreops.serving.backends import LoadedBackend
 from scoreops.serving.calls import CallEngine, Coalescer, Recording, ServedResult
 from scoreops.serving.checks import PreparedRequest, RequestChecks
 from scoreops.serving.config import ServingConfig
-from scoreops.serving.decode import Cancelled, RequestControl, RequestEngine, TextStream
+from scoreops.serving.decode import Cancelled
 from scoreops.serving.metrics import serving_metrics
 from scoreops.serving.protocol import ServingError
+from scoreops.serving.requests import RequestControl, RequestEngine, TextStream
 from scoreops.serving.scheduler import Admission, QueueFull, Slot
 
 log = logging.getLogger("scoreops.serving")

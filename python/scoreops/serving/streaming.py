@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any
 from fastapi import Request
 from fastapi.responses import StreamingResponse
 
-from scoreops.serving.decode import RequestControl
 from scoreops.serving.protocol import ServingError
+from scoreops.serving.requests import RequestControl
 
 if TYPE_CHECKING:
     from scoreops.serving.core import Corrector, PreparedRequest, ServedResult
