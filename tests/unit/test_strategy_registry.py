@@ -12,6 +12,7 @@ from scoreops.api import StrategySpec
 from scoreops.strategies import STRATEGIES, get_strategy
 from scoreops.strategies.core import RUNNERS
 from scoreops.strategies.prompts import DEFAULT_AGGREGATOR_PROMPT, SELF_EVAL_PROMPT
+from scoreops.strategies.registry import DEFAULT_STRATEGY
 
 
 def test_every_strategy_has_a_runner_and_the_api_knows_every_name() -> None:
@@ -19,6 +20,7 @@ def test_every_strategy_has_a_runner_and_the_api_knows_every_name() -> None:
         assert strategy.runner in RUNNERS
     literal = StrategySpec.model_fields["name"].annotation
     assert set(literal.__args__) == set(STRATEGIES)
+    assert StrategySpec().name == DEFAULT_STRATEGY
 
 
 def test_unknown_names_are_refused_with_the_known_ones() -> None:

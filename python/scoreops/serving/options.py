@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from scoreops.strategies.registry import STRATEGY_NAMES
+from scoreops.strategies.registry import DEFAULT_STRATEGY, STRATEGY_NAMES
 
 __all__ = [
     "OPTIONS",
@@ -137,7 +137,7 @@ SERVE_COMMAND: tuple[tuple[str, dict[str, Any]], ...] = (
     ("model", {"required": True, "help": "PATH, s3://..., store://... or builtin://NAME"}),
     ("model_name", {"flags": ("--name",), "dest": "name", "default": "corrector",
                     "help": "model name clients use"}),
-    ("strategy", {"default": "self-correct"}),
+    ("strategy", {"default": DEFAULT_STRATEGY}),
     ("turns", {"default": 2, "help": "self-correct attempts"}),
     ("backend", {"help": "generation backend: in-process transformers or vLLM, or a remote "
                          "OpenAI-compatible predictor (--predictor-url)"}),

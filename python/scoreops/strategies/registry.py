@@ -29,7 +29,14 @@ from typing import Protocol
 
 from scoreops.strategies.prompts import DEFAULT_AGGREGATOR_PROMPT, SELF_EVAL_PROMPT
 
-__all__ = ["STRATEGIES", "STRATEGY_NAMES", "Strategy", "StrategySettings", "get_strategy"]
+__all__ = [
+    "DEFAULT_STRATEGY",
+    "STRATEGIES",
+    "STRATEGY_NAMES",
+    "Strategy",
+    "StrategySettings",
+    "get_strategy",
+]
 
 
 class StrategySettings(Protocol):
@@ -134,6 +141,9 @@ STRATEGIES: dict[str, Strategy] = {s.name: s for s in (
 
 #: The registered names, in registration order (for ``choices`` and help text).
 STRATEGY_NAMES: tuple[str, ...] = tuple(STRATEGIES)
+
+#: The strategy a ``StrategySpec`` (and ``scoreops serve``) uses when none is named.
+DEFAULT_STRATEGY = STRATEGIES["self-correct"].name
 
 
 def get_strategy(name: str) -> Strategy:
