@@ -10,6 +10,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 EXIT_INVALID = 2
 
@@ -85,28 +86,44 @@ def cmd_crds(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    resource = _load(args.file)
-    if resource.kind == "ScoreRun":
-        from scoreops.local import run_scorerun
+def _run_scorerun(resource: Any, args: argparse.Namespace) -> int:
+    from scoreops.local import run_scorerun
 
-        return run_scorerun(resource, output=args.output, fresh=args.fresh)
-    if resource.kind == "EvalSuite":
-        from scoreops.evaluate import run_evalsuite
+    return run_scorerun(resource, output=args.output, fresh=args.fresh)
 
-        return run_evalsuite(resource, limit=args.limit, output=args.output)
+
+def _run_evalsuite(resource: Any, args: argparse.Namespace) -> int:
+    from scoreops.evaluate import run_evalsuite
+
+    return run_evalsuite(resource, limit=args.limit, output=args.output)
+
+
+def _serve_resource(resource: Any, args: argparse.Namespace) -> int:
     from scoreops.serving.cli import serve_resource
 
     return serve_resource(resource, host=args.host, port=args.port)
 
 
-def cmd_eval(args: argparse.Namespace) -> int:
-    resource = _load(args.file)
-    if resource.kind != "EvalSuite":
-        return _fail(f"{args.file} holds a {resource.kind}; `scoreops eval` takes an EvalSuite", 2)
-    from scoreops.evaluate import run_evalsuite
+def _local_runners() -> dict[type, Callable[[Any, argparse.Namespace], int]]:
+    """How ``scoreops run`` runs each kind of resource on this machine."""
+    from scoreops.api import CorrectorService, EvalSuite, ScoreRun
 
-    return run_evalsuite(resource, limit=args.limit, output=args.output)
+    return {ScoreRun: _run_scorerun, EvalSuite: _run_evalsuite,
+            CorrectorService: _serve_resource}
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    resource = _load(args.file)
+    return _local_runners()[type(resource)](resource, args)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from scoreops.api import EvalSuite
+
+    resource = _load(args.file)
+    if not isinstance(resource, EvalSuite):
+        return _fail(f"{args.file} holds a {resource.kind}; `scoreops eval` takes an EvalSuite", 2)
+    return _run_evalsuite(resource, args)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -148,7 +165,11 @@ def cmd_data_list(args: argparse.Namespace) -> int:
     return 0
 
 
+_Add = Callable[..., argparse.ArgumentParser]
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """The ``scoreops`` parser: one subcommand per verb, each set up by its own function."""
     parser = argparse.ArgumentParser(
         prog="scoreops",
         description=DESCRIPTION,
@@ -165,6 +186,14 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
         return p
 
+    for add_verb in (_add_run, _add_eval, _add_serve, _add_query, _add_render, _add_crds,
+                     _add_validate):
+        add_verb(add)
+    _add_data(sub)
+    return parser
+
+
+def _add_run(add: _Add) -> None:
     p = add("run", cmd_run, "run a ScoreRun, EvalSuite or CorrectorService in-process",
             "Run a resource file on this machine. A ScoreRun trains (resuming from its newest "
             "complete checkpoint), evaluates base vs trained and writes report.md; an "
@@ -177,6 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="CorrectorService: bind address")
     p.add_argument("--port", type=int, default=8080, help="CorrectorService: port")
 
+
+def _add_eval(add: _Add) -> None:
     p = add("eval", cmd_eval, "evaluate models on benchmarks (an EvalSuite file)",
             "Evaluate every model of an EvalSuite on its benchmarks with its strategy; prints "
             "Acc@t1, Acc@t2, delta, delta i->c and delta c->i and writes report.md, summary.json, "
@@ -185,33 +216,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="evaluate only the first N items of each benchmark")
     p.add_argument("--output", help="override spec.output.uri")
 
+
+def _add_serve(add: _Add) -> None:
+    from scoreops.serving.options import add_serve_command_options
+
     p = add("serve", cmd_serve, "serve a model as a self-correcting OpenAI-compatible endpoint",
             "Start the KServe model server with the scoreops correction layer: "
             "POST /openai/v1/chat/completions, /openai/v1/completions, /v1/models/NAME:predict, "
             "/v2/health/ready and /metrics.")
-    p.add_argument("--model", required=True, help="PATH, s3://..., store://... or builtin://NAME")
-    p.add_argument("--name", default="corrector", help="model name clients use")
-    p.add_argument("--strategy", default="self-correct",
-                   choices=["single", "self-correct", "self-consistency", "best-of-n", "moa"])
-    p.add_argument("--turns", type=int, default=2, help="self-correct attempts")
-    p.add_argument("--backend", default="hf", choices=["hf", "vllm", "openai"],
-                   help="generation backend: in-process transformers or vLLM, or a remote "
-                        "OpenAI-compatible predictor (--predictor-url)")
-    p.add_argument("--predictor-url", help="remote predictor base URL for --backend openai")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8080)
-    p.add_argument("--max-tokens", type=int, default=1024, help="ceiling on max_tokens")
-    p.add_argument("--max-n", type=int, default=4, help="ceiling on n")
-    p.add_argument("--max-concurrency", type=int, default=64)
-    p.add_argument("--max-queue", type=int, default=512,
-                   help="requests waiting beyond --max-concurrency; more get HTTP 429")
-    p.add_argument("--request-timeout", type=float, default=120.0, help="seconds before 504")
-    p.add_argument("--default-max-tokens", type=int, default=None,
-                   help="max_tokens of a request that sets none (default 256, capped)")
-    p.add_argument("--dtype", default=None, help="float32 (default), bfloat16 or float16")
-    p.add_argument("--torch-threads", type=int, default=None,
-                   help="torch CPU threads (default: torch's choice)")
+    add_serve_command_options(p)
 
+
+def _add_query(add: _Add) -> None:
     p = add("query", cmd_query, "ask a served model a question",
             "Send a chat completion to a scoreops endpoint and print the answer.")
     p.add_argument("url", help="base URL, e.g. http://127.0.0.1:8080")
@@ -221,6 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-tokens", type=int, default=256)
     p.add_argument("--temperature", type=float, default=0.0)
 
+
+def _add_render(add: _Add) -> None:
     p = add("render", cmd_render, "print the Kubernetes objects the operator would create",
             "A dry run of the operator: the ConfigMap, PyTorchJob, Job or InferenceService a "
             "resource turns into, as YAML you can diff and review.")
@@ -228,16 +246,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--namespace", default="default")
     p.add_argument("--image-tag", default=None, help="image tag (default: this version)")
 
+
+def _add_crds(add: _Add) -> None:
     p = add("crds", cmd_crds, "generate the CRD YAML from the API models",
             "Write manifests/crds/ and charts/scoreops/crds/ from python/scoreops/api.")
     p.add_argument("--root", default=".", help="repository root")
     p.add_argument("--stdout", action="store_true", help="print instead of writing files")
 
+
+def _add_validate(add: _Add) -> None:
     p = add("validate", cmd_validate, "check resource files; field-named errors, exit 2",
             "Validate ScoreRun, EvalSuite and CorrectorService files against the API models "
             "(types, ranges, enums and cross-field rules).")
     p.add_argument("files", nargs="+")
 
+
+def _add_data(sub: Any) -> None:
     data = sub.add_parser("data", help="import benchmarks and datasets",
                           description="Manage datasets in the platform's layout.")
     dsub = data.add_subparsers(dest="data_verb", metavar="ACTION")
@@ -251,7 +275,6 @@ def build_parser() -> argparse.ArgumentParser:
     p = dsub.add_parser("list", help="list registered benchmarks")
     p.set_defaults(func=cmd_data_list)
     data.set_defaults(func=lambda a: (data.print_help(), 2)[1])
-    return parser
 
 
 def _version() -> str:

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
-import sys
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from scoreops.api.scorerun import ScoreRun
-
-
-def run_scorerun(run: ScoreRun, *, output: str | None = None, fresh: bool = False) -> int:
-    """Train ``run`` here; print the before/after table. Returns the process exit code."""
     from rich.console import Console
+    from rich.progress import Progress, TaskID
+
+    from scoreops.api.scorerun import ScoreRun
+    from scoreops.training.loop import RunResult
+
+__all__ = ["run_scorerun"]
+
+
+def _progress(console: Console) -> Progress:
+    """The training progress bar: stage, steps, turn-1/turn-2 rewards, speed and ETA."""
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -21,12 +25,7 @@ def run_scorerun(run: ScoreRun, *, output: str | None = None, fresh: bool = Fals
         TimeRemainingColumn,
     )
 
-    from scoreops.storage import StorageError
-    from scoreops.training.loop import RunFailed, Trainer, install_signal_handlers
-
-    console = Console(stderr=True)
-    total = run.spec.algorithm.total_steps()
-    progress = Progress(
+    return Progress(
         TextColumn("[bold]{task.fields[stage]}"),
         BarColumn(),
         MofNCompleteColumn(),
@@ -37,18 +36,29 @@ def run_scorerun(run: ScoreRun, *, output: str | None = None, fresh: bool = Fals
         console=console,
         transient=False,
     )
-    task = progress.add_task("train", total=total, stage="setup", r1="-", r2="-", extra="")
 
-    def fmt(v: Any) -> str:
-        return "-" if v is None else f"{v:.2f}"
 
-    def on_step(m: dict[str, Any]) -> None:
+def _fmt(v: Any) -> str:
+    return "-" if v is None else f"{v:.2f}"
+
+
+class _Display:
+    """The trainer's step and event callbacks, drawn on one progress bar."""
+
+    def __init__(self, progress: Progress, total: int) -> None:
+        self.progress = progress
+        self.task: TaskID = progress.add_task("train", total=total, stage="setup", r1="-",
+                                              r2="-", extra="")
+
+    def on_step(self, m: dict[str, Any]) -> None:
         extra = f"Acc@t2 {m['acc_t2']:.2f}" if m.get("acc_t2") is not None else \
             f"{m.get('tokens_per_second', 0):.0f} tok/s"
-        progress.update(task, completed=m["step"], stage=m.get("stage", ""),
-                        r1=fmt(m.get("reward_t1")), r2=fmt(m.get("reward_t2")), extra=extra)
+        self.progress.update(self.task, completed=m["step"], stage=m.get("stage", ""),
+                             r1=_fmt(m.get("reward_t1")), r2=_fmt(m.get("reward_t2")),
+                             extra=extra)
 
-    def on_event(e: dict[str, Any]) -> None:
+    def on_event(self, e: dict[str, Any]) -> None:
+        progress, task = self.progress, self.task
         kind = e.get("event")
         if kind == "resumed":
             progress.update(task, completed=e["step"])
@@ -66,7 +76,34 @@ def run_scorerun(run: ScoreRun, *, output: str | None = None, fresh: bool = Fals
         elif kind == "loading":
             progress.update(task, stage=f"loading {e['what'][:40]}")
 
-    trainer = Trainer(run, output=output, on_step=on_step, on_event=on_event, fresh=fresh)
+
+def _print_evals(run: ScoreRun, result: RunResult, console: Console) -> None:
+    """The held-out before/after table and what it shows."""
+    from rich.console import Console
+
+    from scoreops.report import print_table
+    from scoreops.training.report import before_after_rows, what_it_shows
+
+    print_table(before_after_rows(result.evals, ci=False),
+                title=f"{run.metadata.name}: held-out, greedy, before vs after",
+                console=Console())
+    for line in what_it_shows(result.evals):
+        console.print(line, highlight=False)
+
+
+def run_scorerun(run: ScoreRun, *, output: str | None = None, fresh: bool = False) -> int:
+    """Train ``run`` here; print the before/after table. Returns the process exit code."""
+    from rich.console import Console
+
+    from scoreops.storage import StorageError
+    from scoreops.training.loop import RunFailed, Trainer, install_signal_handlers
+
+    console = Console(stderr=True)
+    total = run.spec.algorithm.total_steps()
+    progress = _progress(console)
+    display = _Display(progress, total)
+    trainer = Trainer(run, output=output, on_step=display.on_step, on_event=display.on_event,
+                      fresh=fresh)
     install_signal_handlers(trainer)
     console.print(f"ScoreRun [bold]{run.metadata.name}[/]: {run.spec.algorithm.name}, "
                   f"{total} steps, model {run.spec.model.uri}, output {trainer.output}")
@@ -80,21 +117,6 @@ def run_scorerun(run: ScoreRun, *, output: str | None = None, fresh: bool = Fals
         console.print(f"stopped at step {result.step}; run the same command again to resume")
         return 130
     if result.evals:
-        from scoreops.report import print_table
-        from scoreops.training.report import before_after_rows
-
-        print_table(before_after_rows(result.evals, ci=False),
-                    title=f"{run.metadata.name}: held-out, greedy, before vs after",
-                    console=Console())
-        from scoreops.training.report import what_it_shows
-
-        for line in what_it_shows(result.evals):
-            console.print(line, highlight=False)
+        _print_evals(run, result, console)
     console.print(f"report: {trainer.output}/report.md   model: {result.final_model}")
     return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    from scoreops.cli import main
-
-    sys.exit(main(["run", *sys.argv[1:]]))

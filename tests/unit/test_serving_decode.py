@@ -17,14 +17,8 @@ from scoreops.models import load_model  # noqa: E402
 from scoreops.rollout import HFEngine, SamplingParams  # noqa: E402
 from scoreops.rollout.chat import encode_conversation  # noqa: E402
 from scoreops.rollout.hf import row_seed  # noqa: E402
-from scoreops.serving.decode import (  # noqa: E402
-    Cancelled,
-    DecodeLoop,
-    RequestControl,
-    RequestEngine,
-    Row,
-    TextStream,
-)
+from scoreops.serving.decode import Cancelled, DecodeLoop, Row  # noqa: E402
+from scoreops.serving.requests import RequestControl, RequestEngine, TextStream  # noqa: E402
 from scoreops.strategies import run_strategy  # noqa: E402
 from scoreops.testing.tiny import build_tiny_model  # noqa: E402
 

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from scoreops.api.base import ApiModel, ModelUri, OutputUri, Placement, ResourceName
+from scoreops.strategies.registry import get_strategy
 
 DEFAULT_CORRECTION_INSTRUCTION = (
     "There might be an error in the solution above because of lack of understanding of the "
@@ -109,10 +110,12 @@ class StrategySpec(ApiModel):
 
     @model_validator(mode="after")
     def _coherent(self) -> StrategySpec:
-        if self.verifier == "reward-model" and self.name == "best-of-n" and not self.reward_model:
+        strategy = get_strategy(self.name)
+        if self.verifier == "reward-model" and strategy.uses_verifier and not self.reward_model:
             raise ValueError("rewardModel is required when verifier is reward-model")
-        if self.name == "self-correct" and self.turns < 2:
-            raise ValueError("turns must be at least 2 for strategy self-correct")
+        if self.turns < strategy.min_turns:
+            raise ValueError(f"turns must be at least {strategy.min_turns} for strategy "
+                             f"{self.name}")
         return self
 
 

@@ -40,9 +40,6 @@ __all__ = [
     "serve_resource",
 ]
 
-_TORCH_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
-
-
 def _setup_logging() -> None:
     logger = logging.getLogger("scoreops")
     if not logger.handlers:
@@ -134,6 +131,7 @@ def _queue_wait(flag: float | None) -> float | None:
 
 def config_from_resource(resource: Any) -> Any:
     """A :class:`ServingConfig` for a CorrectorService run on this machine."""
+    from scoreops.api.common import TORCH_DTYPE
     from scoreops.serving.config import ServingConfig
 
     spec = resource.spec
@@ -143,7 +141,7 @@ def config_from_resource(resource: Any) -> Any:
             "cluster; to serve locally set spec.model.uri to the run's weights (its output "
             "URI's final checkpoint)")
     engine = spec.runtime.engine
-    dtype = _TORCH_DTYPES[spec.runtime.dtype]
+    dtype = TORCH_DTYPE[spec.runtime.dtype]
     import torch
 
     cuda = torch.cuda.is_available()
@@ -254,49 +252,16 @@ def query_command(args: argparse.Namespace) -> int:
 
 
 def build_entrypoint_parser() -> argparse.ArgumentParser:
+    """The entrypoint's parser, from :data:`scoreops.serving.options.OPTIONS`."""
+    from scoreops.serving.options import add_entrypoint_options
+
     p = argparse.ArgumentParser(
         prog="python -m scoreops.serving",
         description="The scoreops correction layer on the KServe model server "
                     "(OpenAI-compatible routes, v1 :predict, health, /metrics).",
         allow_abbrev=False,
     )
-    p.add_argument("--config", help="a CorrectorService file (YAML/JSON) to serve")
-    p.add_argument("--model-name", "--model_name", dest="model_name", default=None,
-                   help="model name clients use (default: corrector)")
-    p.add_argument("--model", default=None, help="weights for --backend hf/vllm")
-    p.add_argument("--backend", default="hf", choices=["hf", "vllm", "openai"])
-    p.add_argument("--predictor-url", dest="predictor_url", default=None,
-                   help="remote OpenAI-compatible predictor for --backend openai")
-    p.add_argument("--predictor_host", "--predictor-host", dest="predictor_host", default=None,
-                   help="KServe's predictor host (used when --predictor-url is not given)")
-    p.add_argument("--predictor_use_ssl", dest="predictor_use_ssl", default="false",
-                   type=lambda v: str(v).lower() in ("1", "true", "yes"))
-    p.add_argument("--remote-model", dest="remote_model", default=None,
-                   help="model name at the predictor (default: the first it lists)")
-    p.add_argument("--strategy", default=None,
-                   choices=["single", "self-correct", "self-consistency", "best-of-n", "moa"])
-    p.add_argument("--turns", type=int, default=None)
-    p.add_argument("--strategy-json", dest="strategy_json", default=None,
-                   help="full StrategySpec as JSON (default: $SCOREOPS_STRATEGY_JSON)")
-    p.add_argument("--max-tokens", dest="max_tokens", type=int, default=1024)
-    p.add_argument("--default-max-tokens", dest="default_max_tokens", type=int, default=None)
-    p.add_argument("--max-n", dest="max_n", type=int, default=4)
-    p.add_argument("--max-concurrency", dest="max_concurrency", type=int, default=64)
-    p.add_argument("--max-queue", dest="max_queue", type=int, default=None,
-                   help="default: $SCOREOPS_MAX_QUEUE or 512")
-    p.add_argument("--request-timeout", dest="request_timeout", type=float, default=120.0,
-                   help="seconds of service (from the start of running) before 504")
-    p.add_argument("--max-queue-wait", dest="max_queue_wait", type=float, default=None,
-                   help="seconds a request may wait for a running slot before 429 (default: "
-                        "$SCOREOPS_MAX_QUEUE_WAIT or half the request timeout)")
-    p.add_argument("--max-model-len", dest="max_model_len", type=int, default=None)
-    p.add_argument("--dtype", default=None)
-    p.add_argument("--device", default=None)
-    p.add_argument("--engine-batch-size", dest="engine_batch_size", type=int, default=None)
-    p.add_argument("--torch-threads", dest="torch_threads", type=int, default=None,
-                   help="torch CPU threads (1 avoids thrashing on a shared machine)")
-    p.add_argument("--host", default="0.0.0.0", help="bind address")
-    p.add_argument("--http-port", "--http_port", dest="http_port", type=int, default=8080)
+    add_entrypoint_options(p)
     return p
 
 
@@ -307,13 +272,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         if args.config:
-            from scoreops.api import InvalidResource, load_resource
+            from scoreops.api import CorrectorService, InvalidResource, load_resource
 
             try:
                 resource = load_resource(args.config)
             except (FileNotFoundError, InvalidResource) as exc:
                 return _fail(str(exc))
-            if resource.kind != "CorrectorService":
+            if not isinstance(resource, CorrectorService):
                 return _fail(f"{args.config} holds a {resource.kind}, not a CorrectorService")
             config = config_from_resource(resource)
         else:

@@ -18,6 +18,7 @@ the answer (``user``, ``metadata``, ``store``, ``service_tier``, ...) is accepte
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
@@ -25,6 +26,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -127,6 +129,29 @@ def _neutral(value: Any, *neutral: Any) -> bool:
     return value is None or any(value == n and type(value) is type(n) for n in neutral)
 
 
+@dataclass(frozen=True)
+class _Refusal:
+    """A field accepted only at a neutral value: null or one of ``neutral`` (same type);
+    any other value is refused with ``message``."""
+
+    neutral: tuple[Any, ...]
+    message: str
+
+
+def _refusals(*rows: tuple[tuple[str, ...], tuple[Any, ...], str]) -> Any:
+    """One field validator for a table of ``(fields, neutral values, message)`` rows: the
+    single loop that refuses what a request model does not implement."""
+    table = {f: _Refusal(neutral, message) for fields, neutral, message in rows for f in fields}
+
+    def refuse(cls: type, value: Any, info: ValidationInfo) -> Any:
+        rule = table[str(info.field_name)]
+        if not _neutral(value, *rule.neutral):
+            raise ValueError(rule.message)
+        return value
+
+    return field_validator(*table)(classmethod(refuse))
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid")
 
@@ -152,12 +177,10 @@ class ChatMessage(BaseModel):
     audio: Any = None
     refusal: Any = None
 
-    @field_validator("tool_calls", "function_call", "audio")
-    @classmethod
-    def _unsupported(cls, value: Any) -> Any:
-        if not _neutral(value, []):
-            raise ValueError(f"{_UNSUPPORTED}: messages carry text only")
-        return value
+    _refused = _refusals(
+        (("tool_calls", "function_call", "audio"), ([],),
+         f"{_UNSUPPORTED}: messages carry text only"),
+    )
 
     @field_validator("content", mode="before")
     @classmethod
@@ -221,27 +244,13 @@ class _Generation(_Strict):
     frequency_penalty: Any = None
     logit_bias: Any = None
 
-    @field_validator("top_logprobs")
-    @classmethod
-    def _no_top_logprobs(cls, value: Any) -> Any:
-        if not _neutral(value, 0):
-            raise ValueError(f"{_UNSUPPORTED}: only the sampled tokens' log-probabilities "
-                             "are returned (logprobs: true)")
-        return value
-
-    @field_validator("presence_penalty", "frequency_penalty")
-    @classmethod
-    def _no_penalty(cls, value: Any) -> Any:
-        if not _neutral(value, 0, 0.0):
-            raise ValueError(f"{_UNSUPPORTED}: only 0 (no penalty) is accepted")
-        return value
-
-    @field_validator("logit_bias")
-    @classmethod
-    def _no_bias(cls, value: Any) -> Any:
-        if not _neutral(value, {}):
-            raise ValueError(f"{_UNSUPPORTED}: only an empty bias is accepted")
-        return value
+    _generation_refused = _refusals(
+        (("top_logprobs",), (0,), f"{_UNSUPPORTED}: only the sampled tokens' "
+         "log-probabilities are returned (logprobs: true)"),
+        (("presence_penalty", "frequency_penalty"), (0, 0.0),
+         f"{_UNSUPPORTED}: only 0 (no penalty) is accepted"),
+        (("logit_bias",), ({},), f"{_UNSUPPORTED}: only an empty bias is accepted"),
+    )
 
     @field_validator("stop")
     @classmethod
@@ -281,42 +290,17 @@ class ChatCompletionRequest(_Generation):
     web_search_options: Any = None
     reasoning_effort: Any = None
 
-    @field_validator("tools", "functions")
-    @classmethod
-    def _no_tools(cls, value: Any) -> Any:
-        if not _neutral(value, []):
-            raise ValueError(f"{_UNSUPPORTED}: the model answers in text; tool and function "
-                             "calling are not available")
-        return value
-
-    @field_validator("tool_choice", "function_call")
-    @classmethod
-    def _no_tool_choice(cls, value: Any) -> Any:
-        if not _neutral(value, "none"):
-            raise ValueError(f"{_UNSUPPORTED}: only \"none\" is accepted (no tools)")
-        return value
-
-    @field_validator("response_format")
-    @classmethod
-    def _text_only(cls, value: Any) -> Any:
-        if not _neutral(value, {"type": "text"}):
-            raise ValueError(f"{_UNSUPPORTED}: only {{\"type\": \"text\"}} is accepted "
-                             "(structured JSON output is not enforced)")
-        return value
-
-    @field_validator("modalities")
-    @classmethod
-    def _text_modality(cls, value: Any) -> Any:
-        if not _neutral(value, ["text"]):
-            raise ValueError(f"{_UNSUPPORTED}: only [\"text\"] is accepted")
-        return value
-
-    @field_validator("audio", "prediction", "web_search_options", "reasoning_effort")
-    @classmethod
-    def _unsupported(cls, value: Any) -> Any:
-        if value is not None:
-            raise ValueError(_UNSUPPORTED)
-        return value
+    _chat_refused = _refusals(
+        (("tools", "functions"), ([],), f"{_UNSUPPORTED}: the model answers in text; tool "
+         "and function calling are not available"),
+        (("tool_choice", "function_call"), ("none",),
+         f"{_UNSUPPORTED}: only \"none\" is accepted (no tools)"),
+        (("response_format",), ({"type": "text"},), f"{_UNSUPPORTED}: only "
+         "{\"type\": \"text\"} is accepted (structured JSON output is not enforced)"),
+        (("modalities",), (["text"],), f"{_UNSUPPORTED}: only [\"text\"] is accepted"),
+        (("audio", "prediction", "web_search_options", "reasoning_effort"), (),
+         _UNSUPPORTED),
+    )
 
 
 class CompletionRequest(_Generation):
@@ -327,28 +311,13 @@ class CompletionRequest(_Generation):
     best_of: Any = None
     suffix: Any = None
 
-    @field_validator("logprobs")
-    @classmethod
-    def _no_logprobs(cls, value: Any) -> Any:
-        if value is not None:
-            raise ValueError(f"{_UNSUPPORTED} on /completions; use /chat/completions with "
-                             "logprobs: true")
-        return value
-
-    @field_validator("best_of")
-    @classmethod
-    def _no_best_of(cls, value: Any) -> Any:
-        if not _neutral(value, 1):
-            raise ValueError(f"{_UNSUPPORTED}: use \"scoreops\": {{\"strategy\": "
-                             "\"best-of-n\"} to rank several samples")
-        return value
-
-    @field_validator("suffix")
-    @classmethod
-    def _no_suffix(cls, value: Any) -> Any:
-        if not _neutral(value, ""):
-            raise ValueError(f"{_UNSUPPORTED}: no insertion after the completion")
-        return value
+    _completion_refused = _refusals(
+        (("logprobs",), (), f"{_UNSUPPORTED} on /completions; use /chat/completions with "
+         "logprobs: true"),
+        (("best_of",), (1,), f"{_UNSUPPORTED}: use \"scoreops\": {{\"strategy\": "
+         "\"best-of-n\"} to rank several samples"),
+        (("suffix",), ("",), f"{_UNSUPPORTED}: no insertion after the completion"),
+    )
 
     @field_validator("prompt")
     @classmethod

@@ -38,7 +38,7 @@ def _server_class() -> Any:
     from kserve.constants.constants import FASTAPI_APP_IMPORT_STRING
     from kserve.protocol.rest.server import RESTServer
 
-    from scoreops.serving.openai_routes import register_error_handler
+    from scoreops.serving.openai_errors import register_error_handler
 
     class ScoreopsRESTServer(RESTServer):
         """KServe's REST server with the correction layer's error handlers registered after

@@ -1,6 +1,7 @@
 """The inference-time strategies, batched over conversations.
 
-Every strategy issues one ``engine.generate`` call per turn (self-correct), per sampling
+What each strategy does, and which runner here runs it, is in
+:mod:`scoreops.strategies.registry`. Every strategy issues one ``engine.generate`` call per turn (self-correct), per sampling
 round (self-consistency, best-of-n plus one verifier call) or per layer and engine (moa),
 over all conversations at once; the engine batches and pads internally.
 """
@@ -8,7 +9,8 @@ over all conversations at once; the engine batches and pads internally.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from scoreops.strategies.base import (
@@ -24,25 +26,21 @@ from scoreops.strategies.base import (
     safe_extract,
     with_params,
 )
+from scoreops.strategies.prompts import DEFAULT_AGGREGATOR_PROMPT
+from scoreops.strategies.registry import get_strategy
 from scoreops.strategies.verifiers import RewardFn, self_eval_scores
 
 if TYPE_CHECKING:
     from scoreops.api import StrategySpec
-    from scoreops.rollout import RolloutEngine, SamplingParams
+    from scoreops.rollout import Completion, RolloutEngine, SamplingParams
 
 __all__ = [
     "DEFAULT_AGGREGATOR_PROMPT",
+    "StrategyRun",
     "aggregator_conversation",
     "majority_vote",
     "run_strategy",
 ]
-
-DEFAULT_AGGREGATOR_PROMPT = (
-    "Several assistants have answered the user's latest question; their responses are listed "
-    "below. Some of them may be wrong. Evaluate them critically and write one answer of your "
-    "own that is correct, complete and well reasoned. Do not just copy a response, and do not "
-    "mention that there were several responses."
-)
 
 
 def majority_vote(answers: Sequence[str | None]) -> int | None:
@@ -74,16 +72,29 @@ def aggregator_conversation(
     return [{"role": "system", "content": block}, *conversation]
 
 
-def _single(
-    engine: RolloutEngine,
-    conversations: list[Conversation],
-    params: SamplingParams,
-    extractors: list[Extractor],
-) -> list[StrategyResult]:
-    outs = checked_generate(engine, conversations, with_params(params, n=1))
+
+@dataclass
+class StrategyRun:
+    """One :func:`run_strategy` call, as its runner sees it (see its arguments)."""
+
+    engine: RolloutEngine
+    conversations: list[Conversation]
+    strategy: StrategySpec
+    params: SamplingParams
+    extractors: list[Extractor]
+    agent_engines: Sequence[RolloutEngine] | None = None
+    verifier_engine: RolloutEngine | None = None
+    reward_fn: RewardFn | None = None
+    pad_turns: bool = False
+
+
+def run_single(run: StrategyRun) -> list[StrategyResult]:
+    """One attempt per conversation."""
+    engine, conversations = run.engine, run.conversations
+    outs = checked_generate(engine, conversations, with_params(run.params, n=1))
     ptoks = prompt_tokens(engine, conversations, outs)
     results = []
-    for conv, (c,), ex, pt in zip(conversations, outs, extractors, ptoks, strict=True):
+    for conv, (c,), ex, pt in zip(conversations, outs, run.extractors, ptoks, strict=True):
         ans = safe_extract(ex, c.text)
         results.append(StrategyResult(
             final_text=c.text, final_answer=ans,
@@ -93,102 +104,114 @@ def _single(
     return results
 
 
-def _self_correct(
-    engine: RolloutEngine,
-    conversations: list[Conversation],
-    strategy: StrategySpec,
-    params: SamplingParams,
-    extractors: list[Extractor],
-    pad_turns: bool,
-) -> list[StrategyResult]:
-    n_items = len(conversations)
-    histories: list[Conversation] = [list(c) for c in conversations]
-    attempts: list[list[Attempt]] = [[] for _ in range(n_items)]
-    ctoks = [0] * n_items
-    ptoks = [0] * n_items
-    active = list(range(n_items))
-    one = with_params(params, n=1)
-    # With a chat tokenizer, turn k+1's prompt is turn k's prompt ids + its completion ids +
-    # the template's tail (scoreops.rollout.chat.continuation_ids), never re-tokenized text:
-    # the engine gets a token-exact extension of the previous turn, which an engine with
-    # prefix caching (vLLM) or a kept KV cache serves without recomputing the prefix.
-    tokenizer = getattr(engine, "tokenizer", None)
-    token_level = tokenizer is not None and bool(getattr(tokenizer, "chat_template", None))
-    ids: list[list[int]] = []
-    if token_level:
-        from scoreops.rollout.chat import continuation_ids, encode_conversation
+class _Turns:
+    """Self-correct's per-conversation state across turns: each conversation's history (and,
+    with a chat tokenizer, its prompt token ids), attempts and token counts.
 
-        ids = [encode_conversation(tokenizer, c) for c in histories]
+    With a chat tokenizer, turn k+1's prompt is turn k's prompt ids + its completion ids +
+    the template's tail (scoreops.rollout.chat.continuation_ids), never re-tokenized text:
+    the engine gets a token-exact extension of the previous turn, which an engine with
+    prefix caching (vLLM) or a kept KV cache serves without recomputing the prefix.
+    """
+
+    def __init__(self, engine: RolloutEngine, conversations: list[Conversation]) -> None:
+        n_items = len(conversations)
+        self.histories: list[Conversation] = [list(c) for c in conversations]
+        self.attempts: list[list[Attempt]] = [[] for _ in range(n_items)]
+        self.ctoks = [0] * n_items
+        self.ptoks = [0] * n_items
+        self.tokenizer = getattr(engine, "tokenizer", None)
+        self.token_level = (self.tokenizer is not None
+                            and bool(getattr(self.tokenizer, "chat_template", None)))
+        self.ids: list[list[int]] = []
+        if self.token_level:
+            from scoreops.rollout.chat import encode_conversation
+
+            self.ids = [encode_conversation(self.tokenizer, c) for c in self.histories]
+
+    def generate(self, engine: RolloutEngine, active: list[int],
+                 params: SamplingParams) -> tuple[list[Conversation], list, list[int]]:
+        """The active conversations' prompts, their completions and prompt token counts."""
+        prompts = [list(self.histories[i]) for i in active]
+        if self.token_level:
+            outs = checked_generate(engine, prompts, params, [self.ids[i] for i in active])
+            return prompts, outs, [len(self.ids[i]) for i in active]
+        outs = checked_generate(engine, prompts, params)
+        return prompts, outs, prompt_tokens(engine, prompts, outs)
+
+    def follow_up(self, i: int, prompt: Conversation, completion: Completion,
+                  instruction: str) -> None:
+        """Extend conversation ``i`` with its answer and the correction instruction."""
+        new = [{"role": "user", "content": instruction}]
+        self.histories[i] = [*prompt, {"role": "assistant", "content": completion.text}, *new]
+        if self.token_level:
+            from scoreops.rollout.chat import continuation_ids
+
+            self.ids[i] = continuation_ids(self.tokenizer, prompt, self.ids[i],
+                                           completion.token_ids, new)
+
+    def result(self, i: int, turns: int, pad_turns: bool) -> StrategyResult:
+        """Conversation ``i``'s result (its skipped turns carried when ``pad_turns``)."""
+        attempts = self.attempts[i]
+        taken = len(attempts)
+        if pad_turns:
+            last = attempts[-1]
+            for turn in range(taken + 1, turns + 1):
+                attempts.append(Attempt(text=last.text, answer=last.answer, turn=turn,
+                                        messages=last.messages, carried=True))
+        final = attempts[-1]
+        return StrategyResult(
+            final_text=final.text, final_answer=final.answer, attempts=attempts,
+            turns_taken=taken, completion_tokens=self.ctoks[i], prompt_tokens=self.ptoks[i],
+        )
+
+
+def run_self_correct(run: StrategyRun) -> list[StrategyResult]:
+    """Up to ``strategy.turns`` turns, each after the correction instruction."""
+    strategy = run.strategy
+    state = _Turns(run.engine, run.conversations)
+    active = list(range(len(run.conversations)))
+    one = with_params(run.params, n=1)
     for turn in range(1, strategy.turns + 1):
         if not active:
             break
-        prompts = [list(histories[i]) for i in active]
-        if token_level:
-            outs = checked_generate(engine, prompts, one, [ids[i] for i in active])
-            counts = [len(ids[i]) for i in active]
-        else:
-            outs = checked_generate(engine, prompts, one)
-            counts = prompt_tokens(engine, prompts, outs)
+        prompts, outs, counts = state.generate(run.engine, active, one)
         still: list[int] = []
         for i, prompt, (c,), pt in zip(active, prompts, outs, counts, strict=True):
-            ans = safe_extract(extractors[i], c.text)
-            attempts[i].append(Attempt(text=c.text, answer=ans, turn=turn, messages=prompt))
-            ctoks[i] += completion_tokens(c)
-            ptoks[i] += pt
-            repeated = (turn > 1 and ans is not None and ans == attempts[i][-2].answer)
+            ans = safe_extract(run.extractors[i], c.text)
+            attempts = state.attempts[i]
+            attempts.append(Attempt(text=c.text, answer=ans, turn=turn, messages=prompt))
+            state.ctoks[i] += completion_tokens(c)
+            state.ptoks[i] += pt
+            repeated = (turn > 1 and ans is not None and ans == attempts[-2].answer)
             if (strategy.early_stop and repeated) or turn == strategy.turns:
                 continue
-            new = [{"role": "user", "content": strategy.instruction}]
-            histories[i] = [*prompt, {"role": "assistant", "content": c.text}, *new]
-            if token_level:
-                ids[i] = continuation_ids(tokenizer, prompt, ids[i], c.token_ids, new)
+            state.follow_up(i, prompt, c, strategy.instruction)
             still.append(i)
         active = still
-    results = []
-    for i in range(n_items):
-        taken = len(attempts[i])
-        if pad_turns:
-            last = attempts[i][-1]
-            for turn in range(taken + 1, strategy.turns + 1):
-                attempts[i].append(Attempt(text=last.text, answer=last.answer, turn=turn,
-                                           messages=last.messages, carried=True))
-        final = attempts[i][-1]
-        results.append(StrategyResult(
-            final_text=final.text, final_answer=final.answer, attempts=attempts[i],
-            turns_taken=taken, completion_tokens=ctoks[i], prompt_tokens=ptoks[i],
-        ))
-    return results
+    return [state.result(i, strategy.turns, run.pad_turns)
+            for i in range(len(run.conversations))]
 
 
-def _sample_n(
-    engine: RolloutEngine,
-    conversations: list[Conversation],
-    strategy: StrategySpec,
-    params: SamplingParams,
-    extractors: list[Extractor],
-    notes: list[str],
-) -> tuple[list[list[Attempt]], list[int], list[int]]:
-    sampling = diverse(params, strategy.samples, notes, strategy.name)
+def _sample_n(run: StrategyRun,
+              notes: list[str]) -> tuple[list[list[Attempt]], list[int], list[int]]:
+    strategy, engine, conversations = run.strategy, run.engine, run.conversations
+    sampling = diverse(run.params, strategy.samples, notes, strategy.name)
     outs = checked_generate(engine, conversations, sampling)
     ptoks = prompt_tokens(engine, conversations, outs)
     attempts = [
         [Attempt(text=c.text, answer=safe_extract(ex, c.text), turn=1, messages=list(conv))
          for c in cs]
-        for conv, cs, ex in zip(conversations, outs, extractors, strict=True)
+        for conv, cs, ex in zip(conversations, outs, run.extractors, strict=True)
     ]
     ctoks = [sum(completion_tokens(c) for c in cs) for cs in outs]
     return attempts, ctoks, ptoks
 
 
-def _self_consistency(
-    engine: RolloutEngine,
-    conversations: list[Conversation],
-    strategy: StrategySpec,
-    params: SamplingParams,
-    extractors: list[Extractor],
-) -> list[StrategyResult]:
+def run_self_consistency(run: StrategyRun) -> list[StrategyResult]:
+    """``strategy.samples`` samples and a majority vote over their answers."""
     notes: list[str] = []
-    attempts, ctoks, ptoks = _sample_n(engine, conversations, strategy, params, extractors, notes)
+    attempts, ctoks, ptoks = _sample_n(run, notes)
     results = []
     for atts, ct, pt in zip(attempts, ctoks, ptoks, strict=True):
         winner = majority_vote([a.answer for a in atts])
@@ -200,31 +223,32 @@ def _self_consistency(
     return results
 
 
-def _best_of_n(
-    engine: RolloutEngine,
-    conversations: list[Conversation],
-    strategy: StrategySpec,
-    params: SamplingParams,
-    extractors: list[Extractor],
-    verifier_engine: RolloutEngine | None,
-    reward_fn: RewardFn | None,
-) -> list[StrategyResult]:
-    notes: list[str] = []
-    attempts, ctoks, ptoks = _sample_n(engine, conversations, strategy, params, extractors, notes)
-    flat_convs = [a.messages for atts in attempts for a in atts]
-    flat_texts = [a.text for atts in attempts for a in atts]
+def _verifier_scores(run: StrategyRun, convs: list[Conversation],
+                     texts: list[str]) -> list[float]:
+    """One score per candidate, from the reward model or the engine's self-evaluation."""
+    strategy = run.strategy
     if strategy.verifier == "reward-model":
+        reward_fn = run.reward_fn
         if reward_fn is None:
             from scoreops.strategies.verifiers import load_reward_model
 
             if not strategy.reward_model:
                 raise ValueError("strategy.rewardModel is required for verifier reward-model")
             reward_fn = load_reward_model(strategy.reward_model)
-        scores = list(reward_fn(flat_convs, flat_texts))
+        scores = list(reward_fn(convs, texts))
     else:
-        scores = self_eval_scores(verifier_engine or engine, flat_convs, flat_texts, params)
-    if len(scores) != len(flat_texts):
-        raise RuntimeError(f"verifier returned {len(scores)} scores for {len(flat_texts)}")
+        scores = self_eval_scores(run.verifier_engine or run.engine, convs, texts, run.params)
+    if len(scores) != len(texts):
+        raise RuntimeError(f"verifier returned {len(scores)} scores for {len(texts)}")
+    return scores
+
+
+def run_best_of_n(run: StrategyRun) -> list[StrategyResult]:
+    """``strategy.samples`` samples; the verifier's best one is the answer."""
+    notes: list[str] = []
+    attempts, ctoks, ptoks = _sample_n(run, notes)
+    scores = _verifier_scores(run, [a.messages for atts in attempts for a in atts],
+                              [a.text for atts in attempts for a in atts])
     results = []
     k = 0
     for atts, ct, pt in zip(attempts, ctoks, ptoks, strict=True):
@@ -240,25 +264,51 @@ def _best_of_n(
     return results
 
 
-def _moa(
-    engine: RolloutEngine,
-    conversations: list[Conversation],
-    strategy: StrategySpec,
-    params: SamplingParams,
-    extractors: list[Extractor],
-    agent_engines: Sequence[RolloutEngine] | None,
-) -> list[StrategyResult]:
+class _Layers:
+    """Moa's agents (round-robin over the agent engines) and its per-conversation attempts
+    and token counts across layers."""
+
+    def __init__(self, run: StrategyRun) -> None:
+        n_items = len(run.conversations)
+        pool = list(run.agent_engines) if run.agent_engines else [run.engine]
+        self.n_agents = run.strategy.agents
+        self.agents = [pool[a % len(pool)] for a in range(self.n_agents)]
+        # agents sharing one engine are served by a single call with n = their count
+        self.groups: dict[int, list[int]] = {}
+        for a, eng in enumerate(self.agents):
+            self.groups.setdefault(id(eng), []).append(a)
+        self.attempts: list[list[Attempt]] = [[] for _ in range(n_items)]
+        self.ctoks = [0] * n_items
+        self.ptoks = [0] * n_items
+
+    def layer(self, run: StrategyRun, layer: int, prompts: list[Conversation],
+              notes: list[str]) -> list[list[str]]:
+        """Every agent's answer to each prompt (per conversation, one text per agent)."""
+        answers: list[list[str]] = [[""] * self.n_agents for _ in prompts]
+        for members in self.groups.values():
+            eng = self.agents[members[0]]
+            sampling = (diverse(run.params, len(members), notes, "moa agents")
+                        if len(members) > 1 else with_params(run.params, n=1))
+            outs = checked_generate(eng, prompts, sampling)
+            counts = prompt_tokens(eng, prompts, outs)
+            for i, (cs, pt) in enumerate(zip(outs, counts, strict=True)):
+                self.ptoks[i] += pt
+                for a, c in zip(members, cs, strict=True):
+                    answers[i][a] = c.text
+                    self.ctoks[i] += completion_tokens(c)
+                    self.attempts[i].append(Attempt(
+                        text=c.text, answer=safe_extract(run.extractors[i], c.text),
+                        turn=layer, messages=prompts[i], agent=a))
+        for atts in self.attempts:
+            atts.sort(key=lambda x: (x.turn, x.agent if x.agent is not None else -1))
+        return answers
+
+
+def run_moa(run: StrategyRun) -> list[StrategyResult]:
+    """``strategy.layers`` layers of agents, then the engine aggregates the last layer."""
+    strategy, engine, conversations = run.strategy, run.engine, run.conversations
     notes: list[str] = []
-    n_items = len(conversations)
-    pool = list(agent_engines) if agent_engines else [engine]
-    agents = [pool[a % len(pool)] for a in range(strategy.agents)]
-    # agents sharing one engine are served by a single call with n = their count
-    groups: dict[int, list[int]] = {}
-    for a, eng in enumerate(agents):
-        groups.setdefault(id(eng), []).append(a)
-    attempts: list[list[Attempt]] = [[] for _ in range(n_items)]
-    ctoks = [0] * n_items
-    ptoks = [0] * n_items
+    state = _Layers(run)
     previous: list[list[str]] | None = None
     for layer in range(1, strategy.layers + 1):
         if previous is None:
@@ -266,40 +316,32 @@ def _moa(
         else:
             prompts = [aggregator_conversation(c, prev, strategy.aggregator_prompt)
                        for c, prev in zip(conversations, previous, strict=True)]
-        answers: list[list[str]] = [[""] * strategy.agents for _ in range(n_items)]
-        for members in groups.values():
-            eng = agents[members[0]]
-            sampling = (diverse(params, len(members), notes, "moa agents")
-                        if len(members) > 1 else with_params(params, n=1))
-            outs = checked_generate(eng, prompts, sampling)
-            counts = prompt_tokens(eng, prompts, outs)
-            for i, (cs, pt) in enumerate(zip(outs, counts, strict=True)):
-                ptoks[i] += pt
-                for a, c in zip(members, cs, strict=True):
-                    answers[i][a] = c.text
-                    ctoks[i] += completion_tokens(c)
-                    attempts[i].append(Attempt(
-                        text=c.text, answer=safe_extract(extractors[i], c.text), turn=layer,
-                        messages=prompts[i], agent=a))
-        for atts in attempts:
-            atts.sort(key=lambda x: (x.turn, x.agent if x.agent is not None else -1))
-        previous = answers
+        previous = state.layer(run, layer, prompts, notes)
     assert previous is not None
     final_prompts = [aggregator_conversation(c, prev, strategy.aggregator_prompt)
                      for c, prev in zip(conversations, previous, strict=True)]
-    outs = checked_generate(engine, final_prompts, with_params(params, n=1))
+    outs = checked_generate(engine, final_prompts, with_params(run.params, n=1))
     counts = prompt_tokens(engine, final_prompts, outs)
     results = []
     for i, ((c,), pt) in enumerate(zip(outs, counts, strict=True)):
-        ans = safe_extract(extractors[i], c.text)
-        attempts[i].append(Attempt(text=c.text, answer=ans, turn=strategy.layers + 1,
-                                   messages=final_prompts[i]))
+        ans = safe_extract(run.extractors[i], c.text)
+        state.attempts[i].append(Attempt(text=c.text, answer=ans, turn=strategy.layers + 1,
+                                         messages=final_prompts[i]))
         results.append(StrategyResult(
-            final_text=c.text, final_answer=ans, attempts=attempts[i],
-            turns_taken=strategy.layers + 1, completion_tokens=ctoks[i] + completion_tokens(c),
-            prompt_tokens=ptoks[i] + pt, notes=list(notes),
+            final_text=c.text, final_answer=ans, attempts=state.attempts[i],
+            turns_taken=strategy.layers + 1,
+            completion_tokens=state.ctoks[i] + completion_tokens(c),
+            prompt_tokens=state.ptoks[i] + pt, notes=list(notes),
         ))
     return results
+
+
+#: The runners, by the name a :class:`~scoreops.strategies.registry.Strategy` gives as
+#: ``runner``.
+RUNNERS: dict[str, Callable[[StrategyRun], list[StrategyResult]]] = {
+    f.__name__: f
+    for f in (run_single, run_self_correct, run_self_consistency, run_best_of_n, run_moa)
+}
 
 
 def run_strategy(
@@ -316,6 +358,8 @@ def run_strategy(
 ) -> list[StrategyResult]:
     """Run an inference-time strategy on a batch of conversations; one result per conversation.
 
+    What each strategy does: :mod:`scoreops.strategies.registry`.
+
     Args:
         engine: the model under test (any :class:`scoreops.rollout.RolloutEngine`).
         conversations: chat conversations (lists of ``{"role", "content"}``), each ending with
@@ -326,52 +370,26 @@ def run_strategy(
             diverse samples: with ``temperature == 0`` they sample at 0.7 instead (recorded
             in ``StrategyResult.notes``).
         extract: turns a completion into its final answer, for early stopping and voting;
-            one callable for all conversations, or a list with one per conversation (answers
-            that depend on the item, e.g. multiple-choice options). Default:
-            :func:`scoreops.rewards.extract.extract_final_answer`. An extractor that raises
-            or returns an empty string counts as "no answer".
+            one callable for all conversations, or a list with one per conversation.
+            Default: :func:`scoreops.rewards.extract.extract_final_answer`. An extractor
+            that raises or returns an empty string counts as "no answer".
         agent_engines: moa agents' engines, assigned round-robin to the ``strategy.agents``
             agents (default: ``engine`` for all). The final aggregator is ``engine``.
         verifier_engine: best-of-n with ``verifier: self-eval`` asks this engine (default:
             ``engine``) whether each candidate is correct.
         reward_fn: best-of-n with ``verifier: reward-model``: ``(conversations, responses)
-            -> scores``; default: loaded from ``strategy.reward_model`` with
-            :func:`scoreops.strategies.verifiers.load_reward_model`.
+            -> scores``; default: loaded from ``strategy.reward_model``.
         pad_turns: self-correct only. With ``strategy.early_stop`` an item stops once an
-            attempt's extracted answer equals the previous attempt's; its later turns are
-            not generated. ``pad_turns=True`` (what evaluation uses, so that Acc@tK counts
-            every item) appends the last attempt again for each skipped turn, marked
-            ``carried=True``, so every result has exactly ``strategy.turns`` attempts.
-            ``turns_taken`` always counts generated turns only.
-
-    Semantics:
-        * ``single``: one greedy-or-sampled attempt.
-        * ``self-correct``: turn k+1 sees the conversation, every earlier attempt as an
-          assistant message and ``strategy.instruction`` as a user message after each.
-        * ``self-consistency``: ``strategy.samples`` samples, majority vote over extracted
-          answers (ties: the answer seen first; no answer at all: the first sample).
-        * ``best-of-n``: ``strategy.samples`` samples ranked by the verifier (see
-          :func:`scoreops.strategies.verifiers.self_eval_scores`); ties: earliest sample.
-        * ``moa``: ``strategy.layers`` layers of ``strategy.agents`` agents. Layer 1 answers
-          the conversation; each later layer sees the previous layer's answers in the
-          aggregator prompt (a system message); then ``engine`` aggregates the last layer's
-          answers into the final answer (attempt ``turn = layers + 1``).
+            attempt's extracted answer equals the previous attempt's. ``pad_turns=True``
+            (what evaluation uses, so that Acc@tK counts every item) appends the last
+            attempt again for each skipped turn, marked ``carried=True``. ``turns_taken``
+            always counts generated turns only.
     """
     if not conversations:
         return []
-    extractors = resolve_extractors(extract, len(conversations))
-    convs = [list(c) for c in conversations]
-    name = strategy.name
-    if name == "single":
-        return _single(engine, convs, params, extractors)
-    if name == "self-correct":
-        return _self_correct(engine, convs, strategy, params, extractors, pad_turns)
-    if name == "self-consistency":
-        return _self_consistency(engine, convs, strategy, params, extractors)
-    if name == "best-of-n":
-        return _best_of_n(engine, convs, strategy, params, extractors, verifier_engine,
-                          reward_fn)
-    if name == "moa":
-        return _moa(engine, convs, strategy, params, extractors, agent_engines)
-    raise ValueError(f"unknown strategy {name!r}")
-
+    runner = RUNNERS[get_strategy(strategy.name).runner]
+    return runner(StrategyRun(
+        engine=engine, conversations=[list(c) for c in conversations], strategy=strategy,
+        params=params, extractors=resolve_extractors(extract, len(conversations)),
+        agent_engines=agent_engines, verifier_engine=verifier_engine, reward_fn=reward_fn,
+        pad_turns=pad_turns))

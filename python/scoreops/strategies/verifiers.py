@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from scoreops.strategies.base import Conversation, checked_generate, with_params
+from scoreops.strategies.prompts import SELF_EVAL_PROMPT
 
 if TYPE_CHECKING:
     from scoreops.rollout import RolloutEngine, SamplingParams
@@ -17,8 +18,6 @@ __all__ = ["SELF_EVAL_PROMPT", "RewardFn", "load_reward_model", "parse_yes_no",
 
 #: ``(conversations, responses) -> one score per response``; higher is better.
 RewardFn = Callable[[Sequence[Conversation], Sequence[str]], Sequence[float]]
-
-SELF_EVAL_PROMPT = "Is this answer correct? Answer Yes or No."
 
 _YES_NO = re.compile(r"^\W*(yes|no)\b", re.IGNORECASE)
 
