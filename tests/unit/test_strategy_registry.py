@@ -69,3 +69,17 @@ def test_the_registry_imports_nothing_heavy() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_captions_name_each_strategy_with_its_settings() -> None:
+    def caption(**kw: object) -> str:
+        spec = StrategySpec(**kw)
+        return get_strategy(spec.name).caption(spec)
+
+    assert caption(name="single") == "single attempt"
+    assert caption(name="self-correct", turns=3) == "self-correct, 3 turns"
+    assert caption(name="self-consistency", samples=5) == "self-consistency@5"
+    assert caption(name="best-of-n", samples=4) == "best-of-4 (self-eval)"
+    assert caption(name="moa", layers=2, agents=3) == "mixture of agents, 2 layers × 3 agents"
+    explained = {n for n, s in STRATEGIES.items() if not s.turns_are_attempts_of_one_answer}
+    assert explained == {"single", "self-consistency", "best-of-n", "moa"}

@@ -3,41 +3,32 @@ benchmark, with its side metrics captioned as the benchmark declares) and ``char
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from scoreops.api import EvalSuiteSpec
-    from scoreops.api.common import StrategySpec
     from scoreops.benchmarks import Benchmark
 
 __all__ = ["chart_png", "report_markdown"]
 
 Metrics = dict[str, Any]
 
-# Per strategy: its caption, and whether the report explains that t1 is one attempt and t2
-# the final answer (all but self-correct, whose turns are attempts). The strategy registry
-# has no caption yet; this table is what it would hold.
-_STRATEGY_CAPTIONS: dict[str, tuple[Callable[[StrategySpec], str], bool]] = {
-    "self-correct": (lambda s: f"self-correct, {s.turns} turns", False),
-    "self-consistency": (lambda s: f"self-consistency@{s.samples}", True),
-    "best-of-n": (lambda s: f"best-of-{s.samples} ({s.verifier})", True),
-    "moa": (lambda s: f"mixture of agents, {s.layers} layers × {s.agents} agents", True),
-    "single": (lambda s: "single attempt", True),
-}
 _T1_NOTE = "t1 is one attempt; t2 is the strategy's final answer."
 
 
 def _header(name: str, spec: EvalSuiteSpec) -> list[str]:
     """Title, strategy and generation settings, and how to read t1/t2."""
+    from scoreops.strategies.registry import get_strategy
+
     s = spec.strategy
-    caption, explain_turns = _STRATEGY_CAPTIONS[s.name]
+    strategy = get_strategy(s.name)
     lines = [f"# EvalSuite {name}", "",
-             f"Strategy: {caption(s)}. Generation: max "
+             f"Strategy: {strategy.caption(s)}. Generation: max "
              f"{spec.generation.max_new_tokens} new tokens, temperature "
              f"{spec.generation.temperature}. Intervals are 95% (Wilson; Δ: Newcombe's paired "
              "score interval).", ""]
-    if explain_turns:
+    if not strategy.turns_are_attempts_of_one_answer:
         lines += [_T1_NOTE, ""]
     return lines
 

@@ -46,6 +46,8 @@ class StrategySettings(Protocol):
     turns: int
     layers: int
     agents: int
+    samples: int
+    verifier: str
     instruction: str
     aggregator_prompt: str | None
 
@@ -87,6 +89,26 @@ def _listed_responses(spec: StrategySettings, overhead: Overhead) -> tuple[int, 
     return spec.agents + 1, overhead(prompt) + 4 * spec.agents
 
 
+def _single_caption(spec: StrategySettings) -> str:
+    return "single attempt"
+
+
+def _turns_caption(spec: StrategySettings) -> str:
+    return f"self-correct, {spec.turns} turns"
+
+
+def _vote_caption(spec: StrategySettings) -> str:
+    return f"self-consistency@{spec.samples}"
+
+
+def _ranked_caption(spec: StrategySettings) -> str:
+    return f"best-of-{spec.samples} ({spec.verifier})"
+
+
+def _agents_caption(spec: StrategySettings) -> str:
+    return f"mixture of agents, {spec.layers} layers × {spec.agents} agents"
+
+
 @dataclass(frozen=True)
 class Strategy:
     """One strategy's properties.
@@ -108,6 +130,10 @@ class Strategy:
             tokens)``: what the longest prompt the strategy builds adds to the user's prompt,
             for the context check. ``overhead(text)`` counts the tokens a follow-up user
             message with ``text`` adds.
+        caption: ``spec -> text`` naming the strategy and its settings in reports.
+        turns_are_attempts_of_one_answer: the report's t1..tK are successive attempts at one
+            answer (self-correct). Otherwise the report explains that t1 is one attempt and
+            t2 the strategy's final answer.
     """
 
     name: str
@@ -118,6 +144,8 @@ class Strategy:
     min_turns: int = 1
     final_call: Callable[[StrategySettings], int | None] = _chosen_after_sampling
     context: Callable[[StrategySettings, Overhead], tuple[int, int]] = _one_generation
+    caption: Callable[[StrategySettings], str] = _single_caption
+    turns_are_attempts_of_one_answer: bool = False
 
     def stream_call(self, spec: StrategySettings) -> int | None:
         """Which engine call of ``spec``'s run generates the final answer (streamable)."""
@@ -131,12 +159,13 @@ class Strategy:
 STRATEGIES: dict[str, Strategy] = {s.name: s for s in (
     Strategy("single", "run_single", attempts_are_turns=True, final_call=_one_call),
     Strategy("self-correct", "run_self_correct", attempts_are_turns=True, min_turns=2,
-             final_call=_last_turn, context=_every_turn),
-    Strategy("self-consistency", "run_self_consistency"),
+             final_call=_last_turn, context=_every_turn, caption=_turns_caption,
+             turns_are_attempts_of_one_answer=True),
+    Strategy("self-consistency", "run_self_consistency", caption=_vote_caption),
     Strategy("best-of-n", "run_best_of_n", uses_verifier=True,
-             context=_candidate_and_question),
+             context=_candidate_and_question, caption=_ranked_caption),
     Strategy("moa", "run_moa", uses_agent_models=True, final_call=_aggregator_call,
-             context=_listed_responses),
+             context=_listed_responses, caption=_agents_caption),
 )}
 
 #: The registered names, in registration order (for ``choices`` and help text).
