@@ -22,6 +22,10 @@ Conditions (type: reasons):
 - ``ResultsAvailable`` (EvalSuite), ``Ready`` (CorrectorService, mirrored from KServe).
 
 ``phase`` follows: Failed, Succeeded, Running, else Pending; Succeeded and Failed are final.
+
+The condition helpers and the wire boundary are in :mod:`scoreops.k8s.conditions`, the
+reduction of a child job's status in :mod:`scoreops.k8s.childstate`; both are re-exported
+here, so ``status`` is the one module to read the transitions from.
 """
 
 from __future__ import annotations
