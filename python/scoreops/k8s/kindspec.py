@@ -16,7 +16,6 @@ from typing import Any, Literal, Protocol
 from scoreops.api import FieldError, InvalidResource, Resource, parse_resource
 from scoreops.api.base import API_VERSION
 from scoreops.api.crd import CRD_KINDS
-from scoreops.k8s.checks import cluster_errors
 from scoreops.k8s.client import KubeClient
 from scoreops.k8s.conditions import TERMINAL, Status
 from scoreops.k8s.config import (
@@ -71,6 +70,7 @@ class KindSpec:
     - ``child``: (kind, name) of the child whose status it mirrors, from its name and raw
       spec (the spec may no longer parse).
     - ``status_extras``: the kind's own status fields set when its children are applied.
+    - ``cluster_errors``: the rules it must also meet to run on a cluster.
     - ``build``: its children, in the order they are applied.
     - ``referenced_runs``: the ScoreRuns whose weights it uses.
     - ``sync``: one periodic status sync from its child's observed status.
@@ -85,6 +85,7 @@ class KindSpec:
     spec_config_map: Callable[[str], str] | None
     child: Callable[[str, Mapping[str, Any]], tuple[str, str]]
     status_extras: Callable[[Any, Status], dict[str, Any]]
+    cluster_errors: Callable[[Any], list[FieldError]]
     build: Build
     referenced_runs: Callable[[Any], list[str]]
     sync: Sync
@@ -108,6 +109,15 @@ class KindSpec:
         """Whether its spec has an ``output`` (which the operator can delete on request)."""
         spec_type = self.resource_type.model_fields["spec"].annotation
         return "output" in getattr(spec_type, "model_fields", {})
+
+    def validate(self, body: Mapping[str, Any]) -> tuple[Resource | None, list[FieldError]]:
+        """The resource of a watched object and its problems (API model rules, then the
+        kind's cluster rules)."""
+        try:
+            resource = resource_from_body(body)
+        except InvalidResource as exc:
+            return None, list(exc.errors)
+        return resource, self.cluster_errors(resource)
 
     def labels(self, name: str) -> dict[str, str]:
         """The labels every child of the resource ``name`` of this kind carries."""
@@ -138,21 +148,12 @@ def resource_from_body(body: Mapping[str, Any]) -> Resource:
     return parse_resource(doc)
 
 
-def job_to_sync(body: Mapping[str, Any],
+def job_to_sync(kind: KindSpec, body: Mapping[str, Any],
                 child_status: Mapping[str, Any] | None) -> Resource | Outcome:
     """The resource of a job-backed kind whose child is worth mirroring, else why not: a
     final phase stays final, a child not seen yet has nothing to mirror."""
     phase = (body.get("status") or {}).get("phase") or "Pending"
     if phase in TERMINAL or child_status is None:
         return Outcome("skipped", "")
-    resource, _ = validate(body)
+    resource, _ = kind.validate(body)
     return resource if resource is not None else Outcome("skipped", "spec no longer parses")
-
-
-def validate(body: Mapping[str, Any]) -> tuple[Resource | None, list[FieldError]]:
-    """The resource and its problems (API model rules, then cluster-only rules)."""
-    try:
-        resource = resource_from_body(body)
-    except InvalidResource as exc:
-        return None, list(exc.errors)
-    return resource, cluster_errors(resource)

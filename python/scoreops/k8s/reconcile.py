@@ -33,15 +33,10 @@ from scoreops.k8s.builders import spec_hash
 from scoreops.k8s.client import ApiError, KubeClient
 from scoreops.k8s.config import ANNOTATION_SPEC_HASH, OperatorConfig
 from scoreops.k8s.kinds import SCORERUN, kind_spec
-from scoreops.k8s.kindspec import (
-    Action,
-    Outcome,
-    resource_from_body,
-    validate,
-)
+from scoreops.k8s.kindspec import Action, Outcome, resource_from_body
 
 __all__ = ["Action", "Outcome", "Reconciler", "child_key", "resource_from_body",
-           "scorerun_model_uri", "slim_body", "validate"]
+           "scorerun_model_uri", "slim_body"]
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +112,7 @@ class Reconciler:
                 return await self.spec_changed(body)  # changed while the operator was away
             if st.is_terminal(status):
                 return Outcome("skipped", f"{spec.name} is {st.phase_of(status)}; nothing to do")
-        resource, errors = validate(body)
+        resource, errors = spec.validate(body)
         if errors or resource is None:
             if created:
                 # never fail a run that is already going because of a rule it predates
@@ -193,7 +188,7 @@ class Reconciler:
                                        spec.spec_config_map(meta["name"]))
             applied_hash = ((cm or {}).get("metadata") or {}).get("annotations", {}).get(
                 ANNOTATION_SPEC_HASH)
-        resource, _errors = validate(body)
+        resource, _errors = spec.validate(body)
         same = resource is not None and applied_hash is not None and \
             spec_hash(resource) == applied_hash
         now = self.clock()

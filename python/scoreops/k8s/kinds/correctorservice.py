@@ -13,7 +13,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from scoreops.api import CorrectorService
+from scoreops.api import CorrectorService, FieldError
 from scoreops.api.common import TORCH_DTYPE
 from scoreops.api.correctorservice import CorrectorServiceStatus
 from scoreops.k8s import status as st
@@ -34,6 +34,7 @@ from scoreops.k8s.pods import (
     placement,
     spec_hash,
 )
+from scoreops.k8s.rules import name_fits
 
 INFERENCESERVICE_API_VERSION = "serving.kserve.io/v1beta1"
 # KServe looks for the container named "kserve-container" in custom components.
@@ -249,6 +250,22 @@ def referenced_runs(service: CorrectorService) -> list[str]:
     return [service.spec.model.score_run] if service.spec.model.score_run else []
 
 
+# --- cluster rules ---------------------------------------------------------------------------
+
+
+def cluster_errors(service: CorrectorService) -> list[FieldError]:
+    """Weights KServe's storage initializer can fetch (s3://), a name that fits."""
+    errors: list[FieldError] = []
+    uri = service.spec.model.uri
+    if uri is not None and not uri.startswith("s3://"):
+        errors.append(FieldError(
+            "spec.model.uri",
+            f"{uri!r}: KServe's storage initializer fetches the weights; give s3://",
+        ))
+    name_fits(inference_service_name(service.metadata.name), "-transformer", errors)
+    return errors
+
+
 # --- status ----------------------------------------------------------------------------------
 
 
@@ -280,6 +297,7 @@ CORRECTORSERVICE = KindSpec(
     child=child,
     status_extras=status_extras,
     build=build_correctorservice_children,
+    cluster_errors=cluster_errors,
     referenced_runs=referenced_runs,
     sync=sync,
 )

@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from scoreops.api import EvalSuite
+from scoreops.api import EvalSuite, FieldError
 from scoreops.api.evalsuite import EvalSuiteSpec, EvalSuiteStatus
 from scoreops.k8s import status as st
 from scoreops.k8s.config import (
@@ -38,6 +38,7 @@ from scoreops.k8s.pods import (
     spec_hash,
 )
 from scoreops.k8s.progress import read_summary
+from scoreops.k8s.rules import name_fits, not_local, s3_output
 
 EVAL_BACKOFF_LIMIT = 2
 EVAL_COMMAND = ["python", "-m", "scoreops.evaluate", "--spec", f"{SPEC_DIR}/suite.json"]
@@ -140,6 +141,28 @@ def referenced_runs(suite: EvalSuite) -> list[str]:
     return sorted({m.score_run for m in suite.spec.models if m.score_run})
 
 
+# --- cluster rules ---------------------------------------------------------------------------
+
+
+def cluster_errors(suite: EvalSuite) -> list[FieldError]:
+    """s3:// output, models and data the pod can reach, one pod, a name that fits."""
+    errors: list[FieldError] = []
+    spec = suite.spec
+    s3_output(spec.output.uri, "spec.output.uri", errors)
+    not_local(spec.data_root, "spec.dataRoot", errors)
+    for i, model in enumerate(spec.models):
+        not_local(model.uri, f"spec.models[{i}].uri", errors)
+    if spec.strategy.reward_model is not None:
+        not_local(spec.strategy.reward_model, "spec.strategy.rewardModel", errors)
+    if spec.resources.workers != 1:
+        errors.append(FieldError(
+            "spec.resources.workers",
+            "an EvalSuite runs as one pod (vLLM in-process); set workers to 1",
+        ))
+    name_fits(suite.metadata.name, eval_job_name("") + "-master-0", errors)
+    return errors
+
+
 # --- status ----------------------------------------------------------------------------------
 
 
@@ -160,7 +183,7 @@ def status_extras(suite: EvalSuite, _status: EvalSuiteStatus) -> dict[str, Any]:
 async def sync(ctx: SyncContext, body: Mapping[str, Any],
                child_status: Mapping[str, Any] | None) -> Outcome:
     """Mirror the job and, once it succeeded, ``summary.json``."""
-    suite = job_to_sync(body, child_status)
+    suite = job_to_sync(EVALSUITE, body, child_status)
     if isinstance(suite, Outcome):
         return suite
     assert isinstance(suite, EvalSuite)
@@ -190,6 +213,7 @@ EVALSUITE = KindSpec(
     child=child,
     status_extras=status_extras,
     build=build_evalsuite_children,
+    cluster_errors=cluster_errors,
     referenced_runs=referenced_runs,
     sync=sync,
 )

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
-from scoreops.api import ScoreRun
+from scoreops.api import FieldError, ScoreRun
 from scoreops.api.base import duration_seconds
 from scoreops.api.common import WorkerResources
 from scoreops.api.scorerun import ScoreRunStatus
@@ -41,6 +41,7 @@ from scoreops.k8s.pods import (
     spec_hash,
 )
 from scoreops.k8s.progress import read_progress
+from scoreops.k8s.rules import name_fits, not_local, s3_output
 
 # torchrun with one process per GPU of the pod (jobs/launch.sh, in the trainer image)
 TRAIN_COMMAND = ["/opt/scoreops/jobs/launch.sh", "--spec", f"{SPEC_DIR}/run.json"]
@@ -119,6 +120,24 @@ def build_scorerun_children(run: ScoreRun, config: OperatorConfig,
     return [build_run_config_map(run, config, namespace), build_pytorchjob(run, config, namespace)]
 
 
+# --- cluster rules ---------------------------------------------------------------------------
+
+
+def cluster_errors(run: ScoreRun) -> list[FieldError]:
+    """s3:// output, inputs the pods can reach, names that leave room for the pods' suffixes."""
+    errors: list[FieldError] = []
+    spec = run.spec
+    s3_output(spec.output.uri, "spec.output.uri", errors)
+    not_local(spec.model.uri, "spec.model.uri", errors)
+    not_local(spec.dataset.train.uri, "spec.dataset.train.uri", errors)
+    if spec.dataset.eval is not None:
+        not_local(spec.dataset.eval.uri, "spec.dataset.eval.uri", errors)
+    workers = spec.resources.workers
+    role = f"-worker-{workers - 2}" if workers > 1 else "-master-0"
+    name_fits(run.metadata.name, train_job_name("") + role, errors)
+    return errors
+
+
 # --- status ----------------------------------------------------------------------------------
 
 
@@ -135,7 +154,7 @@ def status_extras(run: ScoreRun, status: ScoreRunStatus) -> dict[str, Any]:
 async def sync(ctx: SyncContext, body: Mapping[str, Any],
                child_status: Mapping[str, Any] | None) -> Outcome:
     """Mirror the PyTorchJob and ``progress.json``; suspend the job of a stalled run."""
-    run = job_to_sync(body, child_status)
+    run = job_to_sync(SCORERUN, body, child_status)
     if isinstance(run, Outcome):
         return run
     assert isinstance(run, ScoreRun)
@@ -180,6 +199,7 @@ SCORERUN = KindSpec(
     child=child,
     status_extras=status_extras,
     build=build_scorerun_children,
+    cluster_errors=cluster_errors,
     referenced_runs=no_runs,
     sync=sync,
 )
