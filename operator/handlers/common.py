@@ -13,6 +13,7 @@ import kopf
 from scoreops.api.base import GROUP
 from scoreops.k8s.client import KubeClient
 from scoreops.k8s.config import FINALIZER, OperatorConfig
+from scoreops.k8s.kinds import KINDS
 from scoreops.k8s.reconcile import Outcome, Reconciler, child_key, slim_body
 
 # Read once at import: a malformed setting stops the operator before it touches anything.
@@ -33,12 +34,11 @@ def login(settings: kopf.OperatorSettings, **_: Any) -> kopf.ConnectionInfo | No
 
 
 async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo,
-                    scoreruns: kopf.Index[Any, Any], evalsuites: kopf.Index[Any, Any],
-                    correctorservices: kopf.Index[Any, Any], pytorchjobs: kopf.Index[Any, Any],
-                    jobs: kopf.Index[Any, Any], inferenceservices: kopf.Index[Any, Any],
-                    **_: Any) -> None:
+                    pytorchjobs: kopf.Index[Any, Any], jobs: kopf.Index[Any, Any],
+                    inferenceservices: kopf.Index[Any, Any], **indexes: Any) -> None:
     """kopf settings for many small objects, the client the handlers write with, and the
-    operator-wide status sync over the indexed resources."""
+    operator-wide status sync over the indexed resources (one index per kind, named by its
+    plural, among ``indexes``)."""
     settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
@@ -57,7 +57,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo,
         raise kopf.LoginError("no service account and no kubeconfig to log in with")
     reconciler = Reconciler(KubeClient.from_connection_info(info), CONFIG)
     memo.reconciler = reconciler
-    owners = (scoreruns, evalsuites, correctorservices)
+    owners = [indexes[spec.plural] for spec in KINDS.values()]
     children = {"PyTorchJob": pytorchjobs, "Job": jobs, "InferenceService": inferenceservices}
 
     def resources() -> list[dict[str, Any]]:
@@ -120,8 +120,3 @@ def child_status(body: Mapping[str, Any], indexes: Mapping[str, kopf.Index[Any, 
     kind, ns, name = child_key(body)
     store = indexes[kind].get((ns, name))
     return next(iter(store), None) if store is not None else None
-
-
-async def delete_output(body: kopf.Body, memo: kopf.Memo, logger: Any, **_: Any) -> None:
-    outcome = await memo.reconciler.delete_output(body)
-    logger.info(outcome.message)

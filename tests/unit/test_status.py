@@ -1,4 +1,8 @@
-"""Status logic: conditions, child mirroring, progress, stall detection, summaries."""
+"""Status logic: conditions, child mirroring, progress, stall detection, summaries.
+
+The transitions work on the typed status models; these tests feed them wire-format statuses
+(camelCase dicts, as stored by the API server) and check the wire format they produce.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,9 @@ from typing import Any
 import pytest
 
 from scoreops.api import FieldError
+from scoreops.api.correctorservice import CorrectorServiceStatus
+from scoreops.api.evalsuite import EvalSuiteStatus
+from scoreops.api.scorerun import ScoreRunStatus
 from scoreops.k8s import status as st
 from scoreops.k8s.progress import (
     EvalSummary,
@@ -34,8 +41,13 @@ def job(*types: str, **extra: Any) -> dict[str, Any]:
     return {"conditions": conds, **extra}
 
 
+def run(status: dict[str, Any]) -> ScoreRunStatus:
+    return st.parse(ScoreRunStatus, status)
+
+
 def created() -> dict[str, Any]:
-    return st.created_status({}, CHILDREN, T0, 1, {"jobName": "r-train", "totalSteps": 18})
+    return st.to_wire(st.created_status(ScoreRunStatus(), CHILDREN, T0, 1,
+                                        {"job_name": "r-train", "total_steps": 18}))
 
 
 def progress(step: int, **kw: Any) -> Progress:
@@ -45,13 +57,17 @@ def progress(step: int, **kw: Any) -> Progress:
 
 def sync(status: dict[str, Any], child: dict[str, Any], now: datetime,
          prog: Progress | None = None, error: str | None = None) -> dict[str, Any]:
-    return st.sync_scorerun_status(status, child=st.pytorchjob_state(child), progress=prog,
-                                   progress_error=error, now=now, stall_timeout=STALL,
-                                   results_uri="s3://runs/r")
+    return st.to_wire(st.sync_scorerun_status(
+        run(status), child=st.pytorchjob_state(child), progress=prog, progress_error=error,
+        now=now, stall_timeout=STALL, results_uri="s3://runs/r"))
+
+
+def get(status: dict[str, Any], type_: str) -> dict[str, Any] | None:
+    return next((c for c in status.get("conditions") or [] if c["type"] == type_), None)
 
 
 def cond(status: dict[str, Any], type_: str) -> dict[str, Any]:
-    c = st.get_condition(status, type_)
+    c = get(status, type_)
     assert c is not None, f"no {type_} condition in {status.get('conditions')}"
     return c
 
@@ -60,15 +76,18 @@ def cond(status: dict[str, Any], type_: str) -> dict[str, Any]:
 
 
 def test_set_condition_moves_the_transition_time_only_on_a_flip() -> None:
-    conds = st.set_condition([], "Ready", False, "Starting", "", T0)
-    conds = st.set_condition(conds, "Ready", False, "StillStarting", "loading", at(5))
+    typed = st.set_condition([], "Ready", False, "Starting", "", T0)
+    typed = st.set_condition(typed, "Ready", False, "StillStarting", "loading", at(5))
+    conds = [st.to_wire(c) for c in typed]
     assert conds == [{"type": "Ready", "status": "False", "reason": "StillStarting",
                       "message": "loading", "lastTransitionTime": "2026-01-01T12:00:00Z"}]
-    conds = st.set_condition(conds, "Ready", True, "Up", "", at(7), generation=3)
+    typed = st.set_condition(typed, "Ready", True, "Up", "", at(7), generation=3)
+    conds = [st.to_wire(c) for c in typed]
     assert conds[0]["lastTransitionTime"] == "2026-01-01T12:07:00Z"
     assert conds[0]["observedGeneration"] == 3
     assert "message" not in conds[0]  # empty messages are left out
-    conds = st.set_condition(conds, "Other", None, "Why", "m", at(8))
+    typed = st.set_condition(typed, "Other", None, "Why", "m", at(8))
+    conds = [st.to_wire(c) for c in typed]
     assert [c["type"] for c in conds] == ["Ready", "Other"]
     assert conds[1]["status"] == "Unknown"
 
@@ -118,7 +137,7 @@ def test_batch_job_states() -> None:
 def test_invalid_spec_fails_with_the_fields_named() -> None:
     errors = [FieldError("spec.rollout.engine", "vllm needs GPUs"),
               FieldError("spec.output.uri", "must be s3://")]
-    status = st.invalid_status({}, errors, T0, generation=1)
+    status = st.to_wire(st.invalid_status(ScoreRunStatus(), errors, T0, generation=1))
     assert status["phase"] == "Failed"
     failed = cond(status, st.FAILED)
     assert failed["reason"] == st.INVALID_SPEC
@@ -126,28 +145,28 @@ def test_invalid_spec_fails_with_the_fields_named() -> None:
     assert cond(status, st.VALID)["status"] == "False"
     assert status["observedGeneration"] == 1
     # fixing the spec clears the failure
-    fixed = st.created_status(status, CHILDREN, at(1), 2)
+    fixed = st.to_wire(st.created_status(run(status), CHILDREN, at(1), 2))
     assert fixed["phase"] == "Pending"
-    assert st.get_condition(fixed, st.FAILED) is None
+    assert get(fixed, st.FAILED) is None
     assert cond(fixed, st.VALID)["status"] == "True"
     assert cond(fixed, st.CREATED)["message"] == "applied ConfigMap r-spec, PyTorchJob r-train"
 
 
 def test_created_status_is_stable_when_nothing_changed() -> None:
     first = created()
-    again = st.created_status(first, CHILDREN, at(10), 1, {"jobName": "r-train",
-                                                           "totalSteps": 18})
+    again = st.to_wire(st.created_status(run(first), CHILDREN, at(10), 1,
+                                         {"job_name": "r-train", "total_steps": 18}))
     assert st.changed(first, again) == {}
 
 
 def test_a_refused_change_is_recorded_and_a_revert_clears_it() -> None:
     running = sync(created(), job("Created", "Running"), at(1))
-    refused = st.refused_status(running, "ScoreRun", at(2), 2, applied=False)
+    refused = st.to_wire(st.refused_status(run(running), "ScoreRun", at(2), 2, applied=False))
     spec_cond = cond(refused, st.SPEC_APPLIED)
     assert (spec_cond["status"], spec_cond["reason"]) == ("False", st.SPEC_CHANGE_REFUSED)
     assert "generation 2" in spec_cond["message"] and "Running" in spec_cond["message"]
     assert refused["phase"] == "Running" and refused["observedGeneration"] == 2
-    reverted = st.refused_status(refused, "ScoreRun", at(3), 3, applied=True)
+    reverted = st.to_wire(st.refused_status(run(refused), "ScoreRun", at(3), 3, applied=True))
     assert cond(reverted, st.SPEC_APPLIED)["status"] == "True"
 
 
@@ -173,7 +192,7 @@ def test_running_job_and_progress_are_mirrored() -> None:
 def test_pending_job_leaves_the_run_pending_and_reads_nothing() -> None:
     status = sync(created(), job("Created"), at(600))
     assert status["phase"] == "Pending"
-    assert st.get_condition(status, st.PROGRESSING) is None
+    assert get(status, st.PROGRESSING) is None
 
 
 def test_a_run_that_stops_advancing_is_stalled() -> None:
@@ -242,8 +261,8 @@ def test_failure_carries_the_trainer_message() -> None:
 
 def test_stall_deadline() -> None:
     status = sync(created(), job("Created", "Running"), at(0), progress(1))
-    assert st.stall_deadline(status, STALL) == at(30)
-    assert st.stall_deadline(created(), STALL) is None
+    assert st.stall_deadline(run(status), STALL) == at(30)
+    assert st.stall_deadline(run(created()), STALL) is None
 
 
 # --- progress and summary files --------------------------------------------------------------
@@ -270,12 +289,13 @@ def test_summary_becomes_camelcase_status() -> None:
 
 def _eval_sync(status: dict[str, Any], child: st.ChildState, summary: EvalSummary | None,
                error: str | None = None) -> dict[str, Any]:
-    return st.sync_evalsuite_status(status, child=child, summary=summary, summary_error=error,
-                                    now=at(1), output_uri="s3://evals/x")
+    return st.to_wire(st.sync_evalsuite_status(
+        st.parse(EvalSuiteStatus, status), child=child, summary=summary, summary_error=error,
+        now=at(1), output_uri="s3://evals/x"))
 
 
 def test_evalsuite_success_reads_the_summary_and_waits_for_a_readable_store() -> None:
-    start = st.created_status({}, CHILDREN, T0, 1)
+    start = st.to_wire(st.created_status(EvalSuiteStatus(), CHILDREN, T0, 1))
     summary = parse_summary({"models": {"m": {"gsm8k": {"acc_t1": 0.5, "n": 2}}},
                              "report": "s3://evals/x/report.md"})
     done = st.ChildState("Succeeded", "JobComplete")
@@ -295,20 +315,24 @@ def test_evalsuite_success_reads_the_summary_and_waits_for_a_readable_store() ->
 
 
 def test_corrector_service_follows_kserve_ready() -> None:
-    start = st.created_status({}, CHILDREN, T0, 1)
-    pending = st.sync_correctorservice_status(start, {"conditions": [
+    def follow(status: dict[str, Any], isvc: dict[str, Any], now: datetime) -> dict[str, Any]:
+        return st.to_wire(st.sync_correctorservice_status(
+            st.parse(CorrectorServiceStatus, status), isvc, now))
+
+    start = st.to_wire(st.created_status(CorrectorServiceStatus(), CHILDREN, T0, 1))
+    pending = follow(start, {"conditions": [
         {"type": "Ready", "status": "False", "reason": "PredictorNotReady"}]}, at(1))
     assert pending["phase"] == "Pending"
-    ready = st.sync_correctorservice_status(pending, {
+    ready = follow(pending, {
         "url": "http://c.serving.example.com",
         "conditions": [{"type": "Ready", "status": "True"}]}, at(2))
     assert (ready["phase"], ready["url"]) == ("Running", "http://c.serving.example.com")
-    broken = st.sync_correctorservice_status(ready, {
+    broken = follow(ready, {
         "conditions": [{"type": "Ready", "status": "False"}],
         "modelStatus": {"states": {"targetModelState": "FailedToLoad"},
                         "lastFailureInfo": {"message": "no config.json"}}}, at(3))
     assert broken["phase"] == "Failed"
     assert cond(broken, st.FAILED)["message"] == "no config.json"
-    healed = st.sync_correctorservice_status(broken, {
+    healed = follow(broken, {
         "conditions": [{"type": "Ready", "status": "True"}]}, at(4))
-    assert healed["phase"] == "Running" and st.get_condition(healed, st.FAILED) is None
+    assert healed["phase"] == "Running" and get(healed, st.FAILED) is None

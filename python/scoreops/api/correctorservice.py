@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from scoreops.api.base import (
+    API_VERSION,
     ApiModel,
     Condition,
     ModelUri,
@@ -109,7 +110,7 @@ class CorrectorService(ApiModel):
 
     model_config = ApiModel.model_config | {"extra": "ignore"}
 
-    api_version: Literal["scoreops.io/v1alpha1"] = "scoreops.io/v1alpha1"
+    api_version: Literal["scoreops.io/v1alpha1"] = API_VERSION
     kind: Literal["CorrectorService"] = "CorrectorService"
     metadata: ObjectMeta
     spec: CorrectorServiceSpec

@@ -5,8 +5,10 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from pydantic import Field, model_validator
+from pydantic.json_schema import SkipJsonSchema
 
 from scoreops.api.base import (
+    API_VERSION,
     ApiModel,
     Condition,
     HttpUrl,
@@ -96,6 +98,12 @@ class EvalSuiteSpec(ApiModel):
                     raise ValueError("loglikelihood mode cannot run against a chat endpoint")
         return self
 
+    @property
+    def endpoints_only(self) -> bool:
+        """True when every model under test is a served endpoint: the suite only sends
+        requests (a plain batch Job, no GPU, no weights to load)."""
+        return all(m.endpoint is not None for m in self.models)
+
 
 class EvalSuiteStatus(ApiModel):
     """Observed state."""
@@ -111,6 +119,10 @@ class EvalSuiteStatus(ApiModel):
         default_factory=dict,
         description="model -> benchmark -> {accT1, accT2, delta, deltaIC, deltaCI, n}.",
     )
+    # Mirrored from the job. Not (yet) declared in the CRD's schema, which keeps unknown
+    # status fields: declaring them there is a CRD change of its own.
+    start_time: SkipJsonSchema[str | None] = None
+    completion_time: SkipJsonSchema[str | None] = None
 
 
 class EvalSuite(ApiModel):
@@ -118,8 +130,13 @@ class EvalSuite(ApiModel):
 
     model_config = ApiModel.model_config | {"extra": "ignore"}
 
-    api_version: Literal["scoreops.io/v1alpha1"] = "scoreops.io/v1alpha1"
+    api_version: Literal["scoreops.io/v1alpha1"] = API_VERSION
     kind: Literal["EvalSuite"] = "EvalSuite"
     metadata: ObjectMeta
     spec: EvalSuiteSpec
     status: EvalSuiteStatus | None = None
+
+    @property
+    def endpoints_only(self) -> bool:
+        """Whether every model under test is a served endpoint (see the spec's)."""
+        return self.spec.endpoints_only

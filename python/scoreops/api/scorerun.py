@@ -7,6 +7,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from scoreops.api.base import (
+    API_VERSION,
     ApiModel,
     Condition,
     Duration,
@@ -393,9 +394,7 @@ class ScoreRun(ApiModel):
 
     model_config = ApiModel.model_config | {"extra": "ignore"}
 
-    api_version: Literal["scoreops.io/v1alpha1"] = Field(
-        "scoreops.io/v1alpha1", description="scoreops.io/v1alpha1."
-    )
+    api_version: Literal["scoreops.io/v1alpha1"] = Field(API_VERSION, description=f"{API_VERSION}.")
     kind: Literal["ScoreRun"] = Field("ScoreRun", description="ScoreRun.")
     metadata: ObjectMeta
     spec: ScoreRunSpec

@@ -1,9 +1,14 @@
 """Kubernetes side of scoreops: pure builders, status logic and the operator's reconciler.
 
-Importable without a cluster and without kopf: ``builders`` and ``render`` turn a resource
-into the objects the operator creates (``scoreops render``); ``status`` and ``progress`` hold
-the pure status logic; ``reconcile`` and ``client`` are what the kopf handlers in
-``operator/`` call.
+Importable without a cluster and without kopf:
+
+- ``kinds``: the registry of resource kinds (a ``KindSpec`` each, see ``kindspec``), one
+  module per kind with its children's builders, child key, status extras and status sync;
+- ``pods``: the pieces every child shares; ``builders`` and ``render`` turn any resource
+  into the objects the operator creates (``scoreops render``);
+- ``status`` (with ``conditions`` and ``childstate``) and ``progress``: the pure status
+  logic, on the typed status models;
+- ``reconcile`` and ``client``: what the kopf handlers in ``operator/`` call.
 """
 
 from scoreops.k8s.builders import (

@@ -18,6 +18,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from scoreops.api.base import API_VERSION
+from scoreops.api.crd import CRD_KINDS
 from scoreops.k8s.config import FIELD_MANAGER
 
 SERVICE_ACCOUNT_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
@@ -52,9 +54,8 @@ KINDS: dict[tuple[str, str], Kind] = {
         Kind("batch/v1", "Job", "jobs"),
         Kind("kubeflow.org/v1", "PyTorchJob", "pytorchjobs"),
         Kind("serving.kserve.io/v1beta1", "InferenceService", "inferenceservices"),
-        Kind("scoreops.io/v1alpha1", "ScoreRun", "scoreruns"),
-        Kind("scoreops.io/v1alpha1", "EvalSuite", "evalsuites"),
-        Kind("scoreops.io/v1alpha1", "CorrectorService", "correctorservices"),
+        # our own kinds, from the table the CRDs are generated from
+        *(Kind(API_VERSION, kind, str(crd["plural"])) for kind, crd in CRD_KINDS.items()),
     )
 }
 

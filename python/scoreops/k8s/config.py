@@ -31,16 +31,12 @@ LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 LABEL_NAME = "app.kubernetes.io/name"
 LABEL_INSTANCE = "app.kubernetes.io/instance"
 LABEL_COMPONENT = "app.kubernetes.io/component"
+# The label that ties a child to its owner, one per owner kind (see scoreops.k8s.kinds).
 LABEL_RUN = f"{GROUP}/run"
 LABEL_EVALSUITE = f"{GROUP}/evalsuite"
 LABEL_SERVICE = f"{GROUP}/correctorservice"
 ANNOTATION_SPEC_HASH = f"{GROUP}/spec-hash"
 MANAGED_BY = "scoreops"
-
-# The label that ties a child to its owner, by owner kind.
-OWNER_LABEL = {"ScoreRun": LABEL_RUN, "EvalSuite": LABEL_EVALSUITE,
-               "CorrectorService": LABEL_SERVICE}
-COMPONENT = {"ScoreRun": "trainer", "EvalSuite": "evaluator", "CorrectorService": "corrector"}
 
 OWNER_API_VERSION = API_VERSION
 
@@ -76,17 +72,6 @@ def inference_service_name(service: str) -> str:
 def storage_service_account_name(service: str) -> str:
     """The ServiceAccount that gives a CorrectorService's predictor the platform's S3 Secret."""
     return f"{service}-storage"
-
-
-def labels_for(kind: str, name: str) -> dict[str, str]:
-    """The labels every child of resource ``kind``/``name`` carries."""
-    return {
-        LABEL_MANAGED_BY: MANAGED_BY,
-        LABEL_NAME: "scoreops",
-        LABEL_INSTANCE: name,
-        LABEL_COMPONENT: COMPONENT[kind],
-        OWNER_LABEL[kind]: name,
-    }
 
 
 # --- settings ----------------------------------------------------------------------------------

@@ -1,8 +1,11 @@
 """Status logic: pure functions from what the operator observed to the next ``.status``.
 
-Every function takes the current status (a wire-format dict, camelCase) and returns a new
-one; the caller writes it only when it differs, so a reconcile that observes nothing new
-writes nothing. Time is an argument (``now``), never read here.
+Every function takes the current status as its typed model (``ScoreRunStatus``,
+``EvalSuiteStatus`` or ``CorrectorServiceStatus``, the models the CRDs are generated from)
+and returns a new one; :func:`parse` and :func:`to_wire` convert at the boundary, and the
+caller writes the wire form only when it differs, so a reconcile that observes nothing new
+writes nothing. Only the fields a transition sets are written (``exclude_unset``). Time is an
+argument (``now``), never read here.
 
 Conditions (type: reasons):
 
@@ -19,138 +22,71 @@ Conditions (type: reasons):
 - ``ResultsAvailable`` (EvalSuite), ``Ready`` (CorrectorService, mirrored from KServe).
 
 ``phase`` follows: Failed, Succeeded, Running, else Pending; Succeeded and Failed are final.
+
+The condition helpers and the wire boundary are in :mod:`scoreops.k8s.conditions`, the
+reduction of a child job's status in :mod:`scoreops.k8s.childstate`; both are re-exported
+here, so ``status`` is the one module to read the transitions from.
 """
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
 
 from scoreops.api import FieldError
+from scoreops.api.correctorservice import CorrectorServiceStatus
+from scoreops.api.evalsuite import EvalSuiteStatus
+from scoreops.api.scorerun import ScoreRunStatus
+from scoreops.k8s.childstate import ChildState, batch_job_state, pytorchjob_state
+from scoreops.k8s.conditions import (
+    CREATED,
+    FAILED,
+    INVALID_SPEC,
+    PROGRESSING,
+    READY,
+    RESULTS,
+    RUNNING,
+    SPEC_APPLIED,
+    SPEC_CHANGE_REFUSED,
+    STALLED,
+    SUCCEEDED,
+    TERMINAL,
+    VALID,
+    WAITING_FOR_MODEL,
+    Phase,
+    S,
+    Status,
+    condition_true,
+    derive_phase,
+    drop_condition,
+    get_condition,
+    is_terminal,
+    parse,
+    parse_time,
+    phase_of,
+    put_condition,
+    rfc3339,
+    set_condition,
+    to_wire,
+    with_condition,
+    with_phase,
+)
 from scoreops.k8s.progress import EvalSummary, Progress
 
-Phase = Literal["Pending", "Running", "Succeeded", "Failed"]
-TERMINAL: frozenset[str] = frozenset({"Succeeded", "Failed"})
+__all__ = [
+    "CREATED", "FAILED", "INVALID_SPEC", "PROGRESSING", "READY", "RESULTS", "RUNNING",
+    "SPEC_APPLIED", "SPEC_CHANGE_REFUSED", "STALLED", "SUCCEEDED", "TERMINAL", "VALID",
+    "WAITING_FOR_MODEL", "ChildState", "Phase", "Status", "applied_message", "batch_job_state",
+    "changed", "condition_true", "created_status", "derive_phase", "format_errors",
+    "get_condition", "invalid_status", "is_terminal", "mark_stalled", "parse", "parse_time",
+    "phase_of", "pytorchjob_state", "refused_status", "rfc3339", "set_condition",
+    "stall_deadline", "sync_correctorservice_status", "sync_evalsuite_status",
+    "sync_scorerun_status", "to_wire", "waiting_status",
+]
 
-VALID = "Valid"
-CREATED = "Created"
-SPEC_APPLIED = "SpecApplied"
-RUNNING = "Running"
-SUCCEEDED = "Succeeded"
-FAILED = "Failed"
-PROGRESSING = "Progressing"
-RESULTS = "ResultsAvailable"
-READY = "Ready"
-
-INVALID_SPEC = "InvalidSpec"
-STALLED = "Stalled"
-SPEC_CHANGE_REFUSED = "SpecChangeRefused"
-WAITING_FOR_MODEL = "WaitingForModel"
-
-Status = dict[str, Any]
-
-
-# --- time ------------------------------------------------------------------------------------
-
-
-def rfc3339(t: datetime) -> str:
-    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def parse_time(text: str | None) -> datetime | None:
-    """An RFC 3339 time (``Z`` or an offset); None for None or garbage."""
-    if not text:
-        return None
-    try:
-        t = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return t if t.tzinfo else t.replace(tzinfo=UTC)
-
-
-# --- conditions ------------------------------------------------------------------------------
-
-
-def get_condition(status: Mapping[str, Any] | None, type_: str) -> dict[str, Any] | None:
-    for cond in (status or {}).get("conditions") or []:
-        if cond.get("type") == type_:
-            return dict(cond)
-    return None
-
-
-def condition_true(status: Mapping[str, Any] | None, type_: str) -> bool:
-    cond = get_condition(status, type_)
-    return cond is not None and cond.get("status") == "True"
-
-
-def set_condition(conditions: Sequence[Mapping[str, Any]] | None, type_: str,
-                  status: bool | None, reason: str, message: str, now: datetime,
-                  generation: int | None = None) -> list[dict[str, Any]]:
-    """``conditions`` with ``type_`` set (added or replaced, order kept).
-
-    ``lastTransitionTime`` moves only when the status flips, as Kubernetes conventions ask.
-    ``status`` None means Unknown.
-    """
-    value = "Unknown" if status is None else ("True" if status else "False")
-    out: list[dict[str, Any]] = []
-    found = False
-    for cond in conditions or []:
-        if cond.get("type") != type_:
-            out.append(dict(cond))
-            continue
-        found = True
-        since = cond.get("lastTransitionTime") if cond.get("status") == value else None
-        out.append(_condition(type_, value, reason, message, since or rfc3339(now), generation,
-                              cond.get("observedGeneration")))
-    if not found:
-        out.append(_condition(type_, value, reason, message, rfc3339(now), generation, None))
-    return out
-
-
-def _condition(type_: str, value: str, reason: str, message: str, since: str,
-               generation: int | None, old_generation: int | None) -> dict[str, Any]:
-    cond: dict[str, Any] = {"type": type_, "status": value, "reason": reason}
-    if message:  # optional by convention; an empty one is left out
-        cond["message"] = message
-    cond["lastTransitionTime"] = since
-    gen = generation if generation is not None else old_generation
-    if gen is not None:
-        cond["observedGeneration"] = gen
-    return cond
-
-
-def _with(status: Mapping[str, Any] | None, type_: str, value: bool | None, reason: str,
-          message: str, now: datetime, generation: int | None = None) -> Status:
-    new = copy.deepcopy(dict(status or {}))
-    new["conditions"] = set_condition(new.get("conditions"), type_, value, reason, message, now,
-                                      generation)
-    return new
-
-
-def phase_of(status: Mapping[str, Any] | None) -> str:
-    return str((status or {}).get("phase") or "Pending")
-
-
-def is_terminal(status: Mapping[str, Any] | None) -> bool:
-    return phase_of(status) in TERMINAL
-
-
-def derive_phase(status: Mapping[str, Any]) -> Phase:
-    if condition_true(status, FAILED):
-        return "Failed"
-    if condition_true(status, SUCCEEDED):
-        return "Succeeded"
-    if condition_true(status, RUNNING):
-        return "Running"
-    return "Pending"
-
-
-def _finish(status: Status) -> Status:
-    status["phase"] = derive_phase(status)
-    return status
+# The statuses of job-backed kinds: they mirror a job's start and completion times.
+J = TypeVar("J", ScoreRunStatus, EvalSuiteStatus)
 
 
 # --- what the handlers record ------------------------------------------------------------------
@@ -160,61 +96,57 @@ def format_errors(errors: Iterable[FieldError]) -> str:
     return "; ".join(str(e) for e in errors)
 
 
-def invalid_status(status: Mapping[str, Any] | None, errors: Sequence[FieldError],
-                   now: datetime, generation: int | None) -> Status:
+def invalid_status(status: S, errors: Sequence[FieldError], now: datetime,
+                   generation: int | None) -> S:
     """The spec cannot run: Failed with reason InvalidSpec, each field named."""
     message = format_errors(errors)
-    new = _with(status, VALID, False, INVALID_SPEC, message, now, generation)
-    new["conditions"] = set_condition(new["conditions"], FAILED, True, INVALID_SPEC, message,
-                                      now, generation)
-    new["observedGeneration"] = generation
-    return _finish(new)
+    new = with_condition(status, VALID, False, INVALID_SPEC, message, now, generation)
+    put_condition(new, FAILED, True, INVALID_SPEC, message, now, generation)
+    new.observed_generation = generation
+    return with_phase(new)
 
 
-def created_status(status: Mapping[str, Any] | None, children: Sequence[Mapping[str, Any]],
-                   now: datetime, generation: int | None,
-                   extra: Mapping[str, Any] | None = None) -> Status:
+def created_status(status: S, children: Sequence[Mapping[str, Any]], now: datetime,
+                   generation: int | None, extra: Mapping[str, Any] | None = None) -> S:
     """Children applied for ``generation``: Valid, Created and SpecApplied all True.
 
-    A spec that was InvalidSpec before and is valid now clears that failure.
+    A spec that was InvalidSpec before and is valid now clears that failure. ``extra`` sets
+    the kind's own fields (by field name, e.g. ``job_name``).
     """
     names = ", ".join(f"{c['kind']} {c['metadata']['name']}" for c in children)
-    new = _with(status, VALID, True, "SpecValid", "", now, generation)
+    new = with_condition(status, VALID, True, "SpecValid", "", now, generation)
     failed = get_condition(new, FAILED)
-    if failed is not None and failed.get("reason") == INVALID_SPEC:
-        new["conditions"] = [c for c in new["conditions"] if c["type"] != FAILED]
-    new["conditions"] = set_condition(new["conditions"], CREATED, True, "ChildrenApplied",
-                                      f"applied {names}", now, generation)
-    new["conditions"] = set_condition(new["conditions"], SPEC_APPLIED, True, "Applied",
-                                      applied_message(generation), now, generation)
-    new["observedGeneration"] = generation
-    new.update(extra or {})
-    return _finish(new)
+    if failed is not None and failed.reason == INVALID_SPEC:
+        drop_condition(new, FAILED)
+    put_condition(new, CREATED, True, "ChildrenApplied", f"applied {names}", now, generation)
+    put_condition(new, SPEC_APPLIED, True, "Applied", applied_message(generation), now, generation)
+    new.observed_generation = generation
+    for field, value in (extra or {}).items():
+        setattr(new, field, value)
+    return with_phase(new)
 
 
 def applied_message(generation: int | None) -> str:
     return f"the children run the spec of generation {generation}"
 
 
-def waiting_status(status: Mapping[str, Any] | None, message: str, now: datetime,
-                   generation: int | None) -> Status:
+def waiting_status(status: S, message: str, now: datetime, generation: int | None) -> S:
     """The spec is valid but a referenced ScoreRun has no weights yet."""
-    new = _with(status, VALID, True, "SpecValid", "", now, generation)
-    new["conditions"] = set_condition(new["conditions"], CREATED, False, WAITING_FOR_MODEL,
-                                      message, now, generation)
-    new["observedGeneration"] = generation
-    return _finish(new)
+    new = with_condition(status, VALID, True, "SpecValid", "", now, generation)
+    put_condition(new, CREATED, False, WAITING_FOR_MODEL, message, now, generation)
+    new.observed_generation = generation
+    return with_phase(new)
 
 
-def refused_status(status: Mapping[str, Any] | None, kind: str, now: datetime,
-                   generation: int | None, applied: bool) -> Status:
+def refused_status(status: S, kind: str, now: datetime, generation: int | None,
+                   applied: bool) -> S:
     """A spec change after the children exist: recorded, not applied.
 
     ``applied`` True means the new spec equals the one the children run (a change was
     reverted): SpecApplied goes back to True.
     """
     if applied:
-        new = _with(status, SPEC_APPLIED, True, "Applied", applied_message(generation), now,
+        new = with_condition(status, SPEC_APPLIED, True, "Applied", applied_message(generation), now,
                     generation)
     else:
         message = (
@@ -222,116 +154,63 @@ def refused_status(status: Mapping[str, Any] | None, kind: str, now: datetime,
             f"{phase_of(status)}; its job keeps running the spec it was created with. "
             f"Delete and re-create the {kind} to run the new spec"
         )
-        new = _with(status, SPEC_APPLIED, False, SPEC_CHANGE_REFUSED, message, now, generation)
-    new["observedGeneration"] = generation
+        new = with_condition(status, SPEC_APPLIED, False, SPEC_CHANGE_REFUSED, message, now, generation)
+    new.observed_generation = generation
     return new
 
 
 # --- children --------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class ChildState:
-    """A job's state reduced to what the owner mirrors."""
-
-    phase: Phase
-    reason: str
-    message: str = ""
-    start_time: str | None = None
-    completion_time: str | None = None
-
-
-def _true_conditions(status: Mapping[str, Any] | None) -> dict[str, dict[str, Any]]:
-    return {c.get("type", ""): c for c in (status or {}).get("conditions") or []
-            if c.get("status") == "True"}
-
-
-def pytorchjob_state(status: Mapping[str, Any] | None) -> ChildState:
-    """From a PyTorchJob's ``status.conditions`` (Created/Running/Restarting/Succeeded/Failed)."""
-    true = _true_conditions(status)
-    start = (status or {}).get("startTime")
-    done = (status or {}).get("completionTime")
-    for ctype, phase in (("Succeeded", "Succeeded"), ("Failed", "Failed"),
-                         ("Restarting", "Running"), ("Running", "Running"),
-                         ("Created", "Pending")):
-        if ctype in true:
-            c = true[ctype]
-            return ChildState(phase, c.get("reason") or f"PyTorchJob{ctype}",  # type: ignore[arg-type]
-                              c.get("message") or "", start, done)
-    return ChildState("Pending", "PyTorchJobPending", "", start, done)
-
-
-def batch_job_state(status: Mapping[str, Any] | None) -> ChildState:
-    """From a batch/v1 Job's status (conditions Complete/Failed, ``active`` pods)."""
-    true = _true_conditions(status)
-    start = (status or {}).get("startTime")
-    done = (status or {}).get("completionTime")
-    if "Complete" in true:
-        c = true["Complete"]
-        return ChildState("Succeeded", c.get("reason") or "JobComplete", c.get("message") or "",
-                          start, done)
-    if "Failed" in true:
-        c = true["Failed"]
-        return ChildState("Failed", c.get("reason") or "JobFailed", c.get("message") or "",
-                          start, done)
-    if (status or {}).get("active"):
-        return ChildState("Running", "JobRunning", "", start, done)
-    return ChildState("Pending", "JobPending", "", start, done)
-
-
-def _mirror_child(status: Mapping[str, Any], child: ChildState, now: datetime,
-                  kind: str) -> Status:
-    new = copy.deepcopy(dict(status))
-    conds = new.get("conditions") or []
+def _mirror_child(status: J, child: ChildState, now: datetime, kind: str) -> J:
+    new = status.model_copy(deep=True)
+    new.conditions = list(new.conditions)  # present in a mirrored status, even if empty
     if child.phase == "Running":
-        conds = set_condition(conds, RUNNING, True, child.reason, child.message, now)
-        if not new.get("startTime"):
-            new["startTime"] = child.start_time or rfc3339(now)
+        put_condition(new, RUNNING, True, child.reason, child.message, now)
+        if not new.start_time:
+            new.start_time = child.start_time or rfc3339(now)
     elif child.phase == "Succeeded":
-        conds = set_condition(conds, RUNNING, False, "Completed", "", now)
-        conds = set_condition(conds, SUCCEEDED, True, child.reason,
-                              child.message or f"{kind} succeeded", now)
-        new["completionTime"] = child.completion_time or rfc3339(now)
+        put_condition(new, RUNNING, False, "Completed", "", now)
+        put_condition(new, SUCCEEDED, True, child.reason, child.message or f"{kind} succeeded", now)
+        new.completion_time = child.completion_time or rfc3339(now)
     elif child.phase == "Failed":
-        conds = set_condition(conds, RUNNING, False, "JobFailed", "", now)
-        conds = set_condition(conds, FAILED, True, child.reason,
-                              child.message or f"{kind} failed", now)
-        new["completionTime"] = child.completion_time or rfc3339(now)
-    new["conditions"] = conds
+        put_condition(new, RUNNING, False, "JobFailed", "", now)
+        put_condition(new, FAILED, True, child.reason, child.message or f"{kind} failed", now)
+        new.completion_time = child.completion_time or rfc3339(now)
     return new
 
 
 # --- ScoreRun --------------------------------------------------------------------------------
 
 
-_PROGRESS_FIELDS = {
-    "stage": "stage", "step": "step", "total_steps": "totalSteps", "reward_t1": "rewardT1",
-    "reward_t2": "rewardT2", "acc_t1": "accT1", "acc_t2": "accT2",
-    "last_checkpoint": "lastCheckpoint",
-}
+# What a progress file and a ScoreRun's status have in common (same field names).
+_PROGRESS_FIELDS = ("stage", "step", "total_steps", "reward_t1", "reward_t2", "acc_t1",
+                    "acc_t2", "last_checkpoint")
 
 
-def _apply_progress(new: Status, progress: Progress, now: datetime) -> bool:
+def _progress_message(status: ScoreRunStatus) -> str | None:
+    cond = get_condition(status, PROGRESSING)
+    return None if cond is None else cond.message
+
+
+def _apply_progress(new: ScoreRunStatus, progress: Progress, now: datetime) -> bool:
     """Copy the progress file into the status; True when the run advanced."""
-    before = (get_condition(new, PROGRESSING) or {}).get("message"), new.get("lastCheckpoint"), \
-        new.get("accT1"), new.get("accT2")
-    for src, dst in _PROGRESS_FIELDS.items():
-        value = getattr(progress, src)
+    before = _progress_message(new), new.last_checkpoint, new.acc_t1, new.acc_t2
+    for name in _PROGRESS_FIELDS:
+        value = getattr(progress, name)
         if value is not None:
-            new[dst] = value
+            setattr(new, name, value)
     if progress.versions:
-        new["versions"] = dict(progress.versions)
-    after = progress.describe(), new.get("lastCheckpoint"), new.get("accT1"), new.get("accT2")
-    advanced = after != before or get_condition(new, PROGRESSING) is None or \
-        (get_condition(new, PROGRESSING) or {}).get("status") != "True"
+        new.versions = dict(progress.versions)
+    after = progress.describe(), new.last_checkpoint, new.acc_t1, new.acc_t2
+    advanced = after != before or not condition_true(new, PROGRESSING)
     if advanced:
-        new["lastProgressTime"] = rfc3339(now)
-        new["conditions"] = set_condition(new.get("conditions"), PROGRESSING, True, "Advancing",
-                                          progress.describe(), now)
+        new.last_progress_time = rfc3339(now)
+        put_condition(new, PROGRESSING, True, "Advancing", progress.describe(), now)
     return advanced
 
 
-def stall_deadline(status: Mapping[str, Any], stall_timeout: timedelta) -> datetime | None:
+def stall_deadline(status: ScoreRunStatus, stall_timeout: timedelta) -> datetime | None:
     """When a Running run with this status counts as stalled (None: not Running).
 
     The clock starts at the last observed advance of the progress file, or, before the
@@ -339,67 +218,71 @@ def stall_deadline(status: Mapping[str, Any], stall_timeout: timedelta) -> datet
     """
     if phase_of(status) != "Running":
         return None
-    running = get_condition(status, RUNNING) or {}
-    since = parse_time(status.get("lastProgressTime")) or \
-        parse_time(running.get("lastTransitionTime"))
+    running = get_condition(status, RUNNING)
+    since = parse_time(status.last_progress_time) or \
+        parse_time(running.last_transition_time if running is not None else None)
     return None if since is None else since + stall_timeout
 
 
-def sync_scorerun_status(status: Mapping[str, Any], *, child: ChildState | None,
+def sync_scorerun_status(status: ScoreRunStatus, *, child: ChildState | None,
                          progress: Progress | None, progress_error: str | None,
                          now: datetime, stall_timeout: timedelta,
-                         results_uri: str | None = None) -> Status:
+                         results_uri: str | None = None) -> ScoreRunStatus:
     """The next status of a ScoreRun from its PyTorchJob, its progress file and the clock.
 
     ``progress_error`` is set when the file could not be read: nothing is concluded from its
     absence then (no stall is declared while the operator cannot see the store).
     """
     if is_terminal(status) or child is None:
-        return copy.deepcopy(dict(status))
-    new = _mirror_child(status, child, now, "PyTorchJob")
-    new = _finish(new)
-    if new["phase"] == "Pending":
+        return status.model_copy(deep=True)
+    new = with_phase(_mirror_child(status, child, now, "PyTorchJob"))
+    if new.phase == "Pending":
         return new
     if progress_error is not None:
-        new["conditions"] = set_condition(new["conditions"], PROGRESSING, None,
-                                          "ProgressUnreadable", progress_error, now)
+        put_condition(new, PROGRESSING, None, "ProgressUnreadable", progress_error, now)
     elif progress is not None:
         _apply_progress(new, progress, now)
     elif get_condition(new, PROGRESSING) is None:
-        new["conditions"] = set_condition(new["conditions"], PROGRESSING, None, "NoProgressYet",
-                                          "the trainer has not written progress.json yet", now)
-    if new["phase"] == "Succeeded":
+        put_condition(new, PROGRESSING, None, "NoProgressYet",
+             "the trainer has not written progress.json yet", now)
+    if new.phase == "Succeeded":
         if results_uri:
-            new["resultsUri"] = results_uri
-        new["conditions"] = set_condition(new["conditions"], PROGRESSING, False, "Completed",
-                                          (progress.describe() if progress else "finished"), now)
-    elif new["phase"] == "Failed":
+            new.results_uri = results_uri
+        put_condition(new, PROGRESSING, False, "Completed",
+             (progress.describe() if progress else "finished"), now)
+    elif new.phase == "Failed":
         if progress is not None and progress.message:
-            failed = get_condition(new, FAILED) or {}
-            if progress.message not in failed.get("message", ""):
-                new["conditions"] = set_condition(
-                    new["conditions"], FAILED, True, failed.get("reason", "JobFailed"),
-                    f"{failed.get('message', '')}: {progress.message}".strip(": "), now)
+            _add_failure_detail(new, progress.message, now)
     elif progress_error is None:
         deadline = stall_deadline(new, stall_timeout)
         if deadline is not None and now > deadline:
             new = mark_stalled(new, now, stall_timeout)
-    return _finish(new)
+    return with_phase(new)
 
 
-def mark_stalled(status: Mapping[str, Any], now: datetime, stall_timeout: timedelta) -> Status:
+def _add_failure_detail(status: ScoreRunStatus, detail: str, now: datetime) -> None:
+    """Append the trainer's own message to the Failed condition (once)."""
+    failed = get_condition(status, FAILED)
+    message = failed.message if failed is not None else ""
+    if detail not in message:
+        put_condition(status, FAILED, True, failed.reason if failed is not None else "JobFailed",
+             f"{message}: {detail}".strip(": "), now)
+
+
+def mark_stalled(status: ScoreRunStatus, now: datetime,
+                 stall_timeout: timedelta) -> ScoreRunStatus:
     """Failed with reason Stalled: the progress file has not advanced within the timeout."""
-    last = status.get("lastProgressTime")
-    where = (get_condition(status, PROGRESSING) or {}).get("message") or "no progress file"
+    last = status.last_progress_time
+    where = _progress_message(status) or "no progress file"
     message = (
         f"no progress for more than {_human(stall_timeout)} "
         f"({'last advance at ' + last if last else 'since the job started'}; {where})"
     )
-    new = _with(status, PROGRESSING, False, STALLED, message, now)
-    new["conditions"] = set_condition(new["conditions"], RUNNING, False, STALLED, message, now)
-    new["conditions"] = set_condition(new["conditions"], FAILED, True, STALLED, message, now)
-    new["completionTime"] = rfc3339(now)
-    return _finish(new)
+    new = with_condition(status, PROGRESSING, False, STALLED, message, now)
+    put_condition(new, RUNNING, False, STALLED, message, now)
+    put_condition(new, FAILED, True, STALLED, message, now)
+    new.completion_time = rfc3339(now)
+    return with_phase(new)
 
 
 def _human(delta: timedelta) -> str:
@@ -414,9 +297,9 @@ def _human(delta: timedelta) -> str:
 # --- EvalSuite -------------------------------------------------------------------------------
 
 
-def sync_evalsuite_status(status: Mapping[str, Any], *, child: ChildState | None,
+def sync_evalsuite_status(status: EvalSuiteStatus, *, child: ChildState | None,
                           summary: EvalSummary | None, summary_error: str | None,
-                          now: datetime, output_uri: str) -> Status:
+                          now: datetime, output_uri: str) -> EvalSuiteStatus:
     """The next status of an EvalSuite from its job and, once it succeeded, its summary.
 
     A succeeded job whose summary cannot be read (yet) keeps the suite Running, so the
@@ -424,72 +307,70 @@ def sync_evalsuite_status(status: Mapping[str, Any], *, child: ChildState | None
     is recorded as ResultsAvailable=False and the suite still succeeds.
     """
     if is_terminal(status) or child is None:
-        return copy.deepcopy(dict(status))
+        return status.model_copy(deep=True)
     if child.phase == "Succeeded" and summary_error is not None:
-        new = _with(status, RESULTS, None, "SummaryUnreadable", summary_error, now)
+        new = with_condition(status, RESULTS, None, "SummaryUnreadable", summary_error, now)
         new = _mirror_child(new, ChildState("Running", child.reason, child.message,
                                             child.start_time), now, "job")
-        return _finish(new)
+        return with_phase(new)
     new = _mirror_child(status, child, now, "evaluation job")
     if child.phase == "Succeeded":
         if summary is None:
-            new["conditions"] = set_condition(new["conditions"], RESULTS, False, "SummaryMissing",
-                                              f"{output_uri}/summary.json does not exist", now)
-            new["resultsUri"] = output_uri
+            put_condition(new, RESULTS, False, "SummaryMissing",
+                 f"{output_uri}/summary.json does not exist", now)
+            new.results_uri = output_uri
         else:
-            new["summary"] = summary.to_status()
-            new["resultsUri"] = summary.report or output_uri
+            new.summary = summary.to_status()
+            new.results_uri = summary.report or output_uri
             n = sum(len(b) for b in summary.models.values())
-            new["conditions"] = set_condition(
-                new["conditions"], RESULTS, True, "SummaryRead",
-                f"{len(summary.models)} model(s) x benchmarks: {n} result(s)", now)
-    return _finish(new)
+            put_condition(new, RESULTS, True, "SummaryRead",
+                 f"{len(summary.models)} model(s) x benchmarks: {n} result(s)", now)
+    return with_phase(new)
 
 
 # --- CorrectorService ------------------------------------------------------------------------
 
 
-def sync_correctorservice_status(status: Mapping[str, Any],
+def sync_correctorservice_status(status: CorrectorServiceStatus,
                                  isvc_status: Mapping[str, Any] | None,
-                                 now: datetime) -> Status:
+                                 now: datetime) -> CorrectorServiceStatus:
     """Mirror the InferenceService: Ready -> Running with a URL; a failed load -> Failed.
 
     A CorrectorService is long-running: it is Running while KServe reports Ready and goes
     back to Pending when it is not (e.g. during a rollout). It is Failed only while KServe
     reports that the model failed to load; that clears once a new revision loads.
     """
-    new = copy.deepcopy(dict(status))
+    new = status.model_copy(deep=True)
     isvc = isvc_status or {}
     ready = next((c for c in isvc.get("conditions") or [] if c.get("type") == "Ready"), None)
     if ready is not None:
         value = {"True": True, "False": False}.get(ready.get("status", ""))
-        new["conditions"] = set_condition(new.get("conditions"), READY, value,
-                                          ready.get("reason") or ("Ready" if value else "NotReady"),
-                                          ready.get("message") or "", now)
+        put_condition(new, READY, value, ready.get("reason") or ("Ready" if value else "NotReady"),
+             ready.get("message") or "", now)
     if isvc.get("url"):
-        new["url"] = isvc["url"]
-    model_state = ((isvc.get("modelStatus") or {}).get("states") or {}).get("targetModelState")
-    failed_load = model_state == "FailedToLoad" or \
-        (isvc.get("modelStatus") or {}).get("transitionStatus") == "BlockedByFailedLoad"
+        new.url = isvc["url"]
+    model_status = isvc.get("modelStatus") or {}
+    failed_load = (model_status.get("states") or {}).get("targetModelState") == "FailedToLoad" \
+        or model_status.get("transitionStatus") == "BlockedByFailedLoad"
+    failed = get_condition(new, FAILED)
     if failed_load:
-        info = (isvc.get("modelStatus") or {}).get("lastFailureInfo") or {}
-        new["conditions"] = set_condition(new.get("conditions"), FAILED, True, "ModelLoadFailed",
-                                          info.get("message") or "the model failed to load", now)
-    elif get_condition(new, FAILED) and get_condition(new, FAILED).get("reason") != INVALID_SPEC:  # type: ignore[union-attr]
-        new["conditions"] = [c for c in new["conditions"] if c["type"] != FAILED]
+        info = model_status.get("lastFailureInfo") or {}
+        put_condition(new, FAILED, True, "ModelLoadFailed",
+             info.get("message") or "the model failed to load", now)
+    elif failed is not None and failed.reason != INVALID_SPEC:
+        drop_condition(new, FAILED)
     if condition_true(new, FAILED):
-        new["phase"] = "Failed"
+        new.phase = "Failed"
     elif condition_true(new, READY):
-        new["phase"] = "Running"
+        new.phase = "Running"
     else:
-        new["phase"] = "Pending"
+        new.phase = "Pending"
     return new
 
 
 def changed(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> dict[str, Any]:
-    """The top-level status keys whose values differ: the body of a JSON merge patch.
-
-    Keys that disappeared map to None (merge-patch deletion).
+    """The top-level keys of two wire statuses whose values differ: the body of a JSON merge
+    patch. Keys that disappeared map to None (merge-patch deletion).
     """
     old = old or {}
     diff = {k: v for k, v in new.items() if old.get(k) != v}
