@@ -133,18 +133,14 @@ def transformer_args(service: CorrectorService, namespace: str) -> list[str]:
     would not stop it, and the appended name would win), and appends ``--predictor_host`` and
     ``--http_port``, which the server accepts.
     """
+    from scoreops.serving.options import serve_args
+
     strategy, lim = service.spec.strategy, service.spec.limits
-    return [
-        f"--model_name={served_name(service)}",
-        "--backend", "openai",
-        "--predictor-url", predictor_url(service, namespace),
-        "--strategy", strategy.name,
-        "--turns", str(strategy.turns),
-        "--max-tokens", str(lim.max_tokens),
-        "--max-n", str(lim.max_n),
-        "--max-concurrency", str(lim.max_concurrency),
-        "--request-timeout", str(lim.request_timeout_seconds),
-    ]
+    return serve_args(
+        model_name=served_name(service), backend="openai",
+        predictor_url=predictor_url(service, namespace), strategy=strategy.name,
+        turns=strategy.turns, max_tokens=lim.max_tokens, max_n=lim.max_n,
+        max_concurrency=lim.max_concurrency, request_timeout=lim.request_timeout_seconds)
 
 
 def transformer(service: CorrectorService, config: OperatorConfig,
