@@ -159,3 +159,33 @@ def test_streamed_text_is_a_prefix_of_the_final_text_and_holds_back_stop_strings
     stream.finish(0, out.text)
     assert "".join(pieces) == out.text
     assert len(pieces) > 2  # it came token by token, not at the end
+
+
+def test_rows_arriving_together_share_one_prefill_and_get_what_they_get_alone(tiny, loop) -> None:
+    """Fresh prompts of different lengths, and a second turn whose first turn's states are
+    cached, prefilled in one forward: the same tokens and log-probs as each alone (each row
+    by itself on a fresh loop: no batch, no cached states)."""
+    model, tok = tiny
+    params = SamplingParams(max_new_tokens=10, temperature=0.0)
+    first = _row(tok, QUESTIONS[0], SamplingParams(max_new_tokens=10, temperature=0.0, seed=1))
+    loop.submit([first])
+    turn1 = first.future.result(timeout=120)
+    check = encode_conversation(tok, _conv("Check your answer."))
+    prompts = [first.prompt + turn1.token_ids + check,  # extends the cached first turn
+               *[encode_conversation(tok, _conv(q)) for q in QUESTIONS[1:]]]
+    alone = []
+    for prompt in prompts:
+        solo = DecodeLoop(model, tok, max_rows=1)
+        row = Row(prompt=prompt, params=params, seed=0)
+        solo.submit([row])
+        alone.append(row.future.result(timeout=120))
+        solo.close()
+    rows = [Row(prompt=p, params=params, seed=0) for p in prompts]
+    before = loop.joint_prefills
+    loop.submit(rows)
+    got = [r.future.result(timeout=120) for r in rows]
+    assert [c.token_ids for c in got] == [c.token_ids for c in alone]
+    for c, ref in zip(got, alone, strict=True):
+        assert c.logprobs == pytest.approx(ref.logprobs, abs=1e-4)
+    assert loop.joint_prefills - before == len(rows)  # one group: their tails are close
+    assert loop.reused_tokens >= len(first.prompt)  # the second turn kept the first's states

@@ -85,3 +85,15 @@ def test_serve_args_renders_the_inference_service_transformer_args() -> None:
         max_n=lim.max_n, max_concurrency=lim.max_concurrency,
         request_timeout=lim.request_timeout_seconds)
     assert isvc["spec"]["transformer"]["containers"][0]["args"] == expected
+
+
+def test_auto_dtype_is_bf16_on_a_gpu_or_a_cpu_with_native_bf16(monkeypatch) -> None:
+    from scoreops.serving import backends
+
+    monkeypatch.setattr(backends, "cpu_has_native_bf16", lambda: False)
+    assert backends.resolve_dtype("auto", "cpu") == "float32"
+    assert backends.resolve_dtype("auto", "cuda:0") == "bfloat16"
+    assert backends.resolve_dtype("float16", "cpu") == "float16"
+    monkeypatch.setattr(backends, "cpu_has_native_bf16", lambda: True)
+    assert backends.resolve_dtype("auto", "cpu") == "bfloat16"
+    assert backends.resolve_dtype("float32", "cpu") == "float32"

