@@ -67,20 +67,23 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
 
 
-class _Server:
-    def __init__(self, model: str, max_tokens: int, log: Path, engine_batch: int,
-                 torch_threads: int | None) -> None:
+class ServerProcess:
+    """A scoreops server started as a subprocess on a free loopback port; its output to a log.
+
+    ``argv`` is the ``python -m ...`` part after the interpreter; ``port_args(port)`` gives the
+    arguments that bind the port.
+    """
+
+    def __init__(self, argv: list[str], log: Path, env: dict[str, str] | None = None) -> None:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self._log = open(log, "wb")  # noqa: SIM115 - closed in stop()
         self.log_path = log
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "scoreops.serving", "--model", model, "--model-name", "bench",
-             "--backend", "hf", "--host", "127.0.0.1", "--http-port", str(self.port),
-             "--max-tokens", str(max_tokens), "--max-concurrency", "64",
-             "--engine-batch-size", str(engine_batch), "--request-timeout", "3600",
-             *(["--torch-threads", str(torch_threads)] if torch_threads else [])],
-            stdout=self._log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen([sys.executable, *self.command(argv)],
+                                     stdout=self._log, stderr=subprocess.STDOUT, env=env)
+
+    def command(self, argv: list[str]) -> list[str]:
+        return [*argv, "--http-port", str(self.port)]
 
     def wait(self, seconds: float = 900) -> None:
         end = time.monotonic() + seconds
@@ -98,10 +101,22 @@ class _Server:
     def stop(self) -> None:
         self.proc.terminate()
         try:
-            self.proc.wait(30)
+            self.proc.wait(60)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+            self.proc.wait()
         self._log.close()
+
+
+class _Server(ServerProcess):
+    def __init__(self, model: str, max_tokens: int, log: Path, engine_batch: int,
+                 torch_threads: int | None) -> None:
+        super().__init__(
+            ["-m", "scoreops.serving", "--model", model, "--model-name", "bench",
+             "--backend", "hf", "--host", "127.0.0.1",
+             "--max-tokens", str(max_tokens), "--max-concurrency", "64",
+             "--engine-batch-size", str(engine_batch), "--request-timeout", "3600",
+             *(["--torch-threads", str(torch_threads)] if torch_threads else [])], log)
 
 
 def _ask(client: httpx.Client, url: str, prompt: str, strategy: str, max_tokens: int

@@ -32,64 +32,40 @@ import asyncio
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-import httpx
-
-from serving_latency import PROMPTS, _free_port, _percentile  # same prompts and helpers
+from serving_latency import PROMPTS, ServerProcess, _percentile  # same prompts, helpers
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "builtin://smollm2-135m-instruct"
 EXAMPLE = ROOT / "manifests" / "examples" / "correctorservice-tiny.yaml"
 
-class Server:
+class Server(ServerProcess):
     """``scoreops serve`` (profile ``default``) or ``scoreops run EXAMPLE`` (``example``)."""
 
-    def __init__(self, profile: str, model: str, log: Path, torch_threads: int | None) -> None:
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+    def __init__(self, profile: str, model: str, log: Path, torch_threads: int | None,
+                 dtype: str | None = None) -> None:
         if profile == "default":
-            args = ["serve", "--model", model, "--port", str(self.port)]
+            args = ["serve", "--model", model]
             if torch_threads:
                 args += ["--torch-threads", str(torch_threads)]
+            if dtype:
+                args += ["--dtype", dtype]
             self.name = "corrector"
         else:
-            args = ["run", str(EXAMPLE), "--port", str(self.port)]
+            args = ["run", str(EXAMPLE)]
             self.name = "tiny-corrector"
-        self.log_path = log
-        self._log = open(log, "wb")  # noqa: SIM115 - closed in stop()
         env = dict(os.environ)
         if torch_threads:  # also for `scoreops run`, which has no such flag
             env["OMP_NUM_THREADS"] = str(torch_threads)
-        self.proc = subprocess.Popen([sys.executable, "-m", "scoreops", *args],
-                                     stdout=self._log, stderr=subprocess.STDOUT, env=env)
+        super().__init__(["-m", "scoreops", *args], log, env)
 
-    def wait(self, seconds: float = 900) -> None:
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
-            if self.proc.poll() is not None:
-                raise SystemExit(f"server exited:\n{self.log_path.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{self.url}/v2/health/ready", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        raise SystemExit("server not ready")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self._log.close()
+    def command(self, argv: list[str]) -> list[str]:
+        return [*argv, "--port", str(self.port)]
 
 
 async def _level(server: Server, strategy: str, clients: int, rounds: int, max_tokens: int,
@@ -138,7 +114,8 @@ async def _level(server: Server, strategy: str, clients: int, rounds: int, max_t
 
 
 def run_profile(profile: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
-    server = Server(profile, args.model, tmp / f"server-{profile}.log", args.torch_threads)
+    server = Server(profile, args.model, tmp / f"server-{profile}.log", args.torch_threads,
+                    args.dtype)
     rows: list[dict[str, Any]] = []
     try:
         server.wait()
@@ -219,6 +196,8 @@ def main() -> int:
     ap.add_argument("--torch-threads", type=int, default=None,
                     help="torch CPU threads of the servers (--torch-threads for scoreops serve, "
                          "OMP_NUM_THREADS for both); 1 on a busy shared machine")
+    ap.add_argument("--dtype", default=None,
+                    help="--dtype of scoreops serve (profile default); unset: its default")
     ap.add_argument("--client-timeout", type=float, default=900.0,
                     help="client-side timeout (s); the server's own limits answer first")
     ap.add_argument("--output", type=Path, default=None, help="write the results as JSON")
