@@ -11,7 +11,7 @@ of the surrogate is exactly the policy gradient ``−A_i·∇log π(y_t)`` per t
 is ``∇log π`` at ρ = 1), aggregated as below, plus ``β·∇k``. The clip only acts when a caller
 passes log-probs of an older policy (several updates per batch). Both ``logp`` and
 ``old_logp`` are taken at the sampling temperature (see
-:func:`scoreops.training.algorithms.policy_loss`).
+:func:`scoreops.training.steps.backward.policy_loss`).
 
 Aggregation over tokens:
 

@@ -46,7 +46,7 @@ Choices, made explicit:
   when both turns are about as long, which is the common case; rescaling each term's
   *parameter* gradient to a common norm balances exactly but needs a backward pass per term.
   The per-turn gradient norms can be logged every step (``termGradNorms``, see
-  :func:`scoreops.training.algorithms.backward_micro_batches`).
+  :func:`scoreops.training.steps.backward.backward_micro_batches`).
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
+from scoreops.algorithms.registry import algorithm_traits
 from scoreops.api.base import (
     ApiModel,
     Condition,
@@ -355,12 +356,14 @@ class ScoreRunSpec(ApiModel):
             # DeepSpeed's CPU accelerator (gloo, fp32) exists for tests, not for speed
             raise ValueError(f"resources.deepspeed {res.deepspeed} needs resources.gpusPerWorker "
                              ">= 1, or resources.precision fp32 to run on CPU")
-        if self.algorithm.name == "score" and self.rollout.turns < 2:
-            raise ValueError("algorithm score needs rollout.turns >= 2")
+        alg = algorithm_traits(self.algorithm.name)
+        if self.rollout.turns < alg.min_turns:
+            raise ValueError(f"algorithm {alg.name} needs rollout.turns >= {alg.min_turns}")
         if self.optim.micro_batch_size > self.optim.batch_size * self.rollout.samples_per_prompt:
             raise ValueError("optim.microBatchSize exceeds batchSize * rollout.samplesPerPrompt")
-        if self.algorithm.name in ("grpo", "mgrpo") and self.rollout.samples_per_prompt < 2:
-            raise ValueError(f"algorithm {self.algorithm.name} needs rollout.samplesPerPrompt >= 2")
+        if self.rollout.samples_per_prompt < alg.min_samples_per_prompt:
+            raise ValueError(f"algorithm {alg.name} needs rollout.samplesPerPrompt >= "
+                             f"{alg.min_samples_per_prompt}")
         return self
 
 
