@@ -1,4 +1,8 @@
-"""ScoreRun: one RL training run that teaches a model to correct itself."""
+"""ScoreRun: one RL training run that teaches a model to correct itself.
+
+Size: the ScoreRun schema, one kind's wire format with every field's description (the CRD is
+generated from it), kept in one file.
+"""
 
 from __future__ import annotations
 

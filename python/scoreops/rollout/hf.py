@@ -31,6 +31,10 @@ sampled tokens differ from the CPU path's but never depend on the batch), exact 
 the prefix cache. Models it does not support (sliding-window layers, flash attention, forward
 hooks such as CORY's adapters) and stop strings keep ``generate``; ``decode="static"`` forces
 the static path (eagerly, on a CPU: how it is tested without a GPU).
+
+Size: one engine class; its two decoding paths (``generate`` and the static decoder) share the
+engine's state and prefix-cache plumbing. Per-row sampling, the cache layers, the static
+decoder and the prefix cache itself live in their own modules.
 """
 
 from __future__ import annotations
@@ -40,7 +44,12 @@ from typing import TYPE_CHECKING, Any
 
 from scoreops.rollout.chat import encode_conversation
 from scoreops.rollout.kv_cache import make_cache, reserved_layer_class
-from scoreops.rollout.prefix_cache import CachedRow, PrefixCache, model_fingerprint
+from scoreops.rollout.prefix_cache import (
+    CachedRow,
+    PrefixCache,
+    model_fingerprint,
+    prefilled_cache,
+)
 from scoreops.rollout.sampling import RowSampler, RowStopper, row_seed
 from scoreops.rollout.static_cache import cache_kwarg
 from scoreops.rollout.types import Completion, Conversation, FinishReason, SamplingParams
@@ -388,67 +397,24 @@ class HFEngine:
         self, prompts: list[list[int]], width: int
     ) -> tuple[int, list[CachedRow | None], list[int]]:
         """``(span, stored rows, tokens used of each)`` of a micro-batch's cached prefixes
-        (``used`` all 0 when reusing saves nothing); counts hits and misses."""
-        sources: list[CachedRow | None] = [None] * len(prompts)
-        nothing = (0, [None] * len(prompts), [0] * len(prompts))
+        (:meth:`PrefixCache.plan`; nothing without a prefix cache)."""
         if self.prefix_cache is None:
-            return nothing
-        sources = [self.prefix_cache.lookup(p) for p in prompts]
-        if all(s is None for s in sources):
-            self.prefix_cache.misses += len(prompts)
-            return nothing
-        cached = [0 if s is None else len(s.tokens) for s in sources]
-        span = width - max(len(p) - c for p, c in zip(prompts, cached, strict=True))
-        used = [max(0, span - (width - len(p))) for p in prompts]
-        if span < 1 or not any(used):
-            self.prefix_cache.misses += len(prompts)
-            return nothing
-        hits = sum(1 for u in used if u)
-        self.prefix_cache.hits += hits
-        self.prefix_cache.misses += len(prompts) - hits
-        self.prefix_cache.reused_tokens += sum(used)
-        return span, sources, used
+            return 0, [None] * len(prompts), [0] * len(prompts)
+        return self.prefix_cache.plan(prompts, width)
 
     def _cached_prefix(
         self, model: PreTrainedModel, prompts: list[list[int]], width: int, reserve: int
     ) -> tuple[Any, list[CachedRow | None]]:
-        """A left-padded cache of the rows' stored prefixes, or ``None`` if it saves nothing.
-
-        Row ``i`` occupies columns ``[width - len_i, width)``. The cache covers columns
-        ``[0, P)`` for every row, with ``P = width - max_i(len_i - cached_i)``: the longest
-        common cached span that leaves every row's uncached tail inside ``[P, width)``. Columns
-        of a row before its first token (or all of ``[0, P)`` for a row with no stored prefix
-        reaching that far) hold zeros and are masked out by the attention mask.
-        """
+        """A left-padded cache of the rows' stored prefixes (see :func:`prefilled_cache`), or
+        ``None`` if it saves nothing; and the stored rows it used."""
         span, sources, used = self._prefix_plan(prompts, width)
         if not any(used):
             return None, sources
-
-        import torch
-
-        first = next(s for s in sources if s is not None)
-        data = []
-        with torch.inference_mode():
-            for layer, (k0, v0) in enumerate(first.layers):
-                keys = k0.new_zeros((len(prompts), k0.shape[0], span, k0.shape[2]))
-                values = v0.new_zeros((len(prompts), v0.shape[0], span, v0.shape[2]))
-                for i, (src, u) in enumerate(zip(sources, used, strict=True)):
-                    if src is None or u == 0:
-                        continue
-                    k, v = src.layers[layer]
-                    keys[i, :, span - u :] = k[:, :u]
-                    values[i, :, span - u :] = v[:, :u]
-                data.append((keys, values))
-            past = make_cache(model.config, width - span + reserve, data)
+        past = prefilled_cache(model.config, sources, used, span, width - span + reserve)
         return past, [s if u else None for s, u in zip(sources, used, strict=True)]
 
-    def _store_rows(
-        self,
-        cache: Any,
-        prompts: list[list[int]],
-        completions: list[list[int]],
-        width: int,
-    ) -> None:
+    def _store_rows(self, cache: Any, prompts: list[list[int]], completions: list[list[int]],
+                    width: int) -> None:
         """Store each row's states: prompt + completion tokens that were fed to the model."""
         layers = getattr(cache, "layers", None)
         # Only full-attention layers hold every position (a sliding-window layer does not);
@@ -460,23 +426,8 @@ class HFEngine:
         self._store_row_states([(layer.keys, layer.values) for layer in layers], prompts,
                                completions, width, length - width)
 
-    def _store_row_states(
-        self,
-        layers: list[tuple[torch.Tensor, torch.Tensor]],
-        prompts: list[list[int]],
-        completions: list[list[int]],
-        width: int,
-        fed: int,
-    ) -> None:
-        """Store row i's states from per-layer ``(keys, values)`` ``[B, H, ≥width+fed, D]``
-        (prompt left-padded to ``width``; ``fed``: generated tokens whose states are there)."""
+    def _store_row_states(self, layers: list[tuple[torch.Tensor, torch.Tensor]],
+                          prompts: list[list[int]], completions: list[list[int]], width: int,
+                          fed: int) -> None:
         assert self.prefix_cache is not None
-        for i, (prompt, gen) in enumerate(zip(prompts, completions, strict=True)):
-            start = width - len(prompt)
-            n_gen = min(len(gen), fed)  # the last sampled token was never fed
-            stop = width + n_gen
-            row_layers = [(k[i, :, start:stop].clone(), v[i, :, start:stop].clone())
-                          for k, v in layers]
-            nbytes = sum(k.numel() * k.element_size() * 2 for k, _ in row_layers)
-            tokens = tuple(prompt) + tuple(gen[:n_gen])
-            self.prefix_cache.store(CachedRow(tokens=tokens, layers=row_layers, nbytes=nbytes))
+        self.prefix_cache.store_rows(layers, prompts, completions, width, fed)

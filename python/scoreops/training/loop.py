@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from scoreops.algorithms.registry import algorithm_traits
-from scoreops.api.base import now_rfc3339
 from scoreops.training.checkpoint import (
     CheckpointMismatch,
     TrainerState,
@@ -23,6 +22,7 @@ from scoreops.training.checkpoint import (
     spec_digest,
 )
 from scoreops.training.context import DistEnv, StepContext
+from scoreops.training.outputs import RunOutputs
 from scoreops.training.setup import (
     RunFailed,
     load_models,
@@ -49,16 +49,6 @@ class RunResult:
     metrics: list[dict[str, Any]] = field(default_factory=list)
     evals: dict[str, EvalResult] = field(default_factory=dict)
     final_model: str | None = None
-
-
-def _versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for pkg in ("scoreops", "torch", "transformers", "vllm", "deepspeed"):
-        with contextlib.suppress(PackageNotFoundError):
-            out[pkg] = version(pkg)
-    return out
 
 
 def lr_lambda(total: int, warmup_ratio: float, schedule: str) -> Callable[[int], float]:
@@ -94,42 +84,10 @@ class Trainer:
         self.traits = algorithm_traits(self.spec.algorithm.name)
         self._stop = False
         self.metrics: list[dict[str, Any]] = []
-        self._last_checkpoint: str | None = None
+        self.out = RunOutputs(run, self.output, self.dist)
         self._backend: OptimizerBackend | None = None
 
     # -- outputs ----------------------------------------------------------------------------
-
-    def _uri(self, *parts: str) -> str:
-        from scoreops import storage
-
-        return storage.join(self.output, *parts)
-
-    def write_progress(self, phase: str, *, step: int, stage: str | None,
-                       message: str = "", last: dict[str, Any] | None = None,
-                       evals: dict[str, Any] | None = None, checkpoint: str | None = None) -> None:
-        """``progress.json``: what the operator mirrors into the resource's status."""
-        if not self.dist.is_main:
-            return
-        from scoreops import storage
-
-        last = last or {}
-        trained = (evals or {}).get("trained")
-        doc = {
-            "phase": phase,
-            "stage": stage,
-            "step": step,
-            "total_steps": self.spec.algorithm.total_steps(),
-            "reward_t1": last.get("reward_t1"),
-            "reward_t2": last.get("reward_t2"),
-            "acc_t1": trained.metrics.acc_t1 if trained else None,
-            "acc_t2": trained.metrics.acc_t2 if trained else None,
-            "last_checkpoint": checkpoint or self._last_checkpoint,
-            "results_uri": self.output,
-            "updated": now_rfc3339(),
-            "message": message,
-            "versions": _versions(),
-        }
-        storage.write_json(self._uri("progress.json"), doc)
 
     # -- setup ------------------------------------------------------------------------------
 
@@ -227,12 +185,12 @@ class Trainer:
             evals["base"] = self._evaluate(ctx, "base", cache=not self.fresh)
         step = self._resume(ctx, backend)
         if self.dist.is_main:
-            storage.write_json(self._uri("spec.json"), self.run.to_wire())
-        tb = self._tensorboard()
-        self.write_progress("Running", step=step, stage=algorithm.stage(step))
+            storage.write_json(self.out.uri("spec.json"), self.run.to_wire())
+        tb = self.out.tensorboard()
+        self.out.write_progress("Running", step=step, stage=algorithm.stage(step))
         step, last, stopped = self._train(ctx, algorithm, step, tb)
         if stopped:
-            self.write_progress("Running", step=step, stage=algorithm.stage(step - 1),
+            self.out.write_progress("Running", step=step, stage=algorithm.stage(step - 1),
                                 message="stopped on request; run again to resume", last=last)
             return RunResult(self.output, step, interrupted=True, metrics=self.metrics)
         return self._finish(ctx, algorithm, step, last, evals, tb)
@@ -250,13 +208,13 @@ class Trainer:
                 last = self._step(ctx, algorithm, step)
                 step += 1
                 self.metrics.append(last)
-                self._log_metrics(last, tb)
+                self.out.log_metrics(self.metrics, last, tb)
                 self.on_step(last)
                 ckpt = None
                 if step % self.spec.checkpoint.every_steps == 0 or step == total:
                     ckpt = self._checkpoint(ctx, step, last["stage"])
                     last_saved = step
-                self.write_progress("Running", step=step, stage=last["stage"], last=last,
+                self.out.write_progress("Running", step=step, stage=last["stage"], last=last,
                                     checkpoint=ckpt)
         except KeyboardInterrupt:
             stopping = self._stop = True
@@ -302,11 +260,11 @@ class Trainer:
             from scoreops.training.report import write_run_report
 
             write_run_report(self.output, self.run, self.metrics, evals)
-        self.write_progress("Succeeded", step=step, stage=algorithm.stage(max(0, step - 1)),
+        self.out.write_progress("Succeeded", step=step, stage=algorithm.stage(max(0, step - 1)),
                             last=last, evals=evals)
         if tb is not None:
             tb.close()
-            self._upload_tensorboard()
+            self.out.upload_tensorboard()
         return RunResult(self.output, step, metrics=self.metrics, evals=evals,
                          final_model=final_uri)
 
@@ -319,8 +277,8 @@ class Trainer:
         if self.fresh and self.dist.is_main:
             for u in list_checkpoints(self.output):
                 storage.delete_prefix(u)
-            if storage.exists(self._uri("metrics.jsonl")):
-                storage.delete(self._uri("metrics.jsonl"))
+            if storage.exists(self.out.uri("metrics.jsonl")):
+                storage.delete(self.out.uri("metrics.jsonl"))
         uri = ckpts[-1] if ckpts else None
         if self.dist.distributed:  # every rank resumes from the checkpoint rank 0 sees
             from scoreops.training.distributed import broadcast_object
@@ -338,9 +296,9 @@ class Trainer:
                 f"{self.output} holds checkpoints of a different spec (digest {state.digest}, "
                 f"this spec {self.digest}); use another spec.output.uri, or --fresh to discard them")
         backend.sync_rollout(ctx.engine)
-        self._last_checkpoint = uri
-        if storage.exists(self._uri("metrics.jsonl")):
-            lines = storage.read_text(self._uri("metrics.jsonl")).splitlines()
+        self.out.last_checkpoint = uri
+        if storage.exists(self.out.uri("metrics.jsonl")):
+            lines = storage.read_text(self.out.uri("metrics.jsonl")).splitlines()
             self.metrics = [json.loads(x) for x in lines[: state.metrics_lines] if x.strip()]
         self.on_event({"event": "resumed", "step": state.step, "checkpoint": uri})
         return state.step
@@ -356,58 +314,15 @@ class Trainer:
                                   keep=self.spec.checkpoint.keep, rank=self.dist.rank)
         except Exception as exc:
             msg = (f"could not write the checkpoint of step {step} to {self.output}: {exc}; "
-                   f"the previous complete checkpoint ({self._last_checkpoint}) is intact")
+                   f"the previous complete checkpoint ({self.out.last_checkpoint}) is intact")
             with contextlib.suppress(Exception):  # the storage may be what failed
-                self.write_progress("Failed", step=step, stage=stage, message=msg)
+                self.out.write_progress("Failed", step=step, stage=stage, message=msg)
             raise RunFailed(msg) from exc
         if not self.dist.is_main:
             return None
-        self._last_checkpoint = uri
+        self.out.last_checkpoint = uri
         self.on_event({"event": "checkpoint", "step": step, "uri": uri})
         return uri
-
-    def _log_metrics(self, m: dict[str, Any], tb: Any) -> None:
-        if not self.dist.is_main:
-            return
-        from scoreops import storage
-
-        storage.write_text(self._uri("metrics.jsonl"),
-                           "".join(json.dumps(x) + "\n" for x in self.metrics))
-        if tb is not None:
-            for k, v in m.items():
-                if isinstance(v, (int, float)) and k != "step":
-                    tb.add_scalar(k, v, m["step"])
-            tb.flush()
-
-    def _tensorboard(self) -> Any:
-        if not self.dist.is_main:
-            return None
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            return None
-        self._tb_dir = self._local_work_dir() / "tensorboard"
-        return SummaryWriter(str(self._tb_dir))
-
-    def _local_work_dir(self) -> Path:
-        import hashlib
-
-        from scoreops import storage
-
-        if not storage.is_remote(self.output):
-            return Path(storage.local_path(self.output))
-        key = hashlib.sha256(self.output.encode()).hexdigest()[:12]
-        d = Path.home() / ".cache" / "scoreops" / "work" / key
-        d.mkdir(parents=True, exist_ok=True)
-        return d
-
-    def _upload_tensorboard(self) -> None:
-        from scoreops import storage
-
-        if not storage.is_remote(self.output):
-            return
-        for f in sorted(self._tb_dir.glob("*")):
-            storage.upload_file(f, self._uri("tensorboard", f.name))
 
     def _save_final(self, ctx: StepContext) -> str | None:
         """The trained weights as a loadable model directory at ``<output>/final`` (every rank
@@ -420,7 +335,7 @@ class Trainer:
 
         from scoreops import storage
 
-        uri = self._uri("final")
+        uri = self.out.uri("final")
         with tempfile.TemporaryDirectory(prefix="scoreops-final-") as tmp:
             ctx.policy.save_pretrained(tmp, state_dict=weights)
             ctx.tokenizer.save_pretrained(tmp)
@@ -434,7 +349,7 @@ class Trainer:
         from scoreops.training.evaluation import EvalResult, evaluate_items
 
         ev = self.spec.evaluation
-        records_uri = self._uri("eval", f"{label}.jsonl")
+        records_uri = self.out.uri("eval", f"{label}.jsonl")
         if cache and storage.exists(records_uri):
             # the base model's evaluation does not change across restarts
             records = [json.loads(x) for x in storage.read_text(records_uri).splitlines() if x]

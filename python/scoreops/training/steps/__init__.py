@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from scoreops.algorithms.registry import ALGORITHMS, AlgorithmTraits, algorithm_traits
 
@@ -56,14 +56,15 @@ class TrainingStep:
 
 StepFactory = Callable[[Any], TrainingStep]
 _REGISTRY: dict[str, StepFactory] = {}
+S = TypeVar("S", bound=type[TrainingStep])
 
 
-def register(name: str) -> Callable[[type[TrainingStep]], type[TrainingStep]]:
+def register(name: str) -> Callable[[S], S]:
     """Register a :class:`TrainingStep` class as the step of algorithm ``name`` (one of
     :data:`~scoreops.algorithms.registry.ALGORITHMS`); it is built with the ScoreRunSpec."""
     traits = algorithm_traits(name)
 
-    def deco(cls: type[TrainingStep]) -> type[TrainingStep]:
+    def deco(cls: S) -> S:
         cls.name = name
         cls.traits = traits
         _REGISTRY[name] = cls
