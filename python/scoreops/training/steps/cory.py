@@ -4,9 +4,10 @@ Memory: the base weights exist once and are frozen; each role is a pair of low-r
 (rank ``cory.loraRank``) on the attention projections, so the optimiser holds state for the
 adapters only, and the reference model of the KL term is the base itself (adapters switched
 off) — no second copy of the model is loaded. The adapters are a small built-in LoRA
-(:class:`scoreops.training.lora.DualLoRA`: forward hooks that add ``scale · x Aᵀ Bᵀ`` of the active adapter to each
-target projection), not peft: switching the active adapter is one attribute, and the base
-model stays an ordinary transformers model that the HF engine generates with.
+(:class:`scoreops.training.lora.DualLoRA`: forward hooks that add ``scale · x Aᵀ Bᵀ`` of the
+active adapter to each target projection), not peft: switching the active adapter is one
+attribute, and the base model stays an ordinary transformers model that the HF engine
+generates with.
 
 Per step (see :mod:`scoreops.algorithms.cory`): the pioneer adapter answers each prompt G times
 (turn 1); the observer adapter answers after the question, the pioneer's answer and the
