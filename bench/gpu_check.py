@@ -331,10 +331,10 @@ class Check:
 
             inp, att = batch.to(device), mask.to(device)
             pos = (att.cumsum(-1) - 1).clamp(min=0)
-            from scoreops.rollout.static_decode import _cache_kwarg
+            from scoreops.rollout.static_cache import cache_kwarg
 
             cache = DynamicCache(config=model.config)  # updated in place by every forward
-            kw = _cache_kwarg(model) or "past_key_values"
+            kw = cache_kwarg(model) or "past_key_values"
             with torch.inference_mode():
                 for _ in range(new):
                     out = model(input_ids=inp, attention_mask=att, position_ids=pos,

@@ -24,6 +24,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from scoreops.api.common import TORCH_DTYPE
+
 if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -47,11 +49,8 @@ BUILTIN_MODELS: dict[str, str] = {
 """Built-in model name → the storage artifact its converted weights are kept in."""
 
 _ARTIFACT_SCHEMES = ("s3://", "file://", "store://")
-_DTYPES = {
-    "float32": "float32", "fp32": "float32",
-    "bfloat16": "bfloat16", "bf16": "bfloat16",
-    "float16": "float16", "fp16": "float16",
-}
+_DTYPES = {**TORCH_DTYPE, **{name: name for name in TORCH_DTYPE.values()}}
+"""The dtypes :func:`load_model` accepts: a precision (``bf16``) or a torch dtype's name."""
 
 
 class ModelError(RuntimeError):

@@ -17,18 +17,23 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from scoreops.api.scorerun import ScoreRun
 
 
-def load_run(path: str):  # -> ScoreRun
+def load_run(path: str) -> ScoreRun:
     """A ScoreRun from a JSON (the operator's ConfigMap) or YAML file."""
     import yaml
 
     from scoreops.api import parse_resource
+    from scoreops.api.scorerun import ScoreRun
 
     text = Path(path).read_text()
     doc = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
     res = parse_resource(doc)
-    if res.kind != "ScoreRun":
+    if not isinstance(res, ScoreRun):
         raise SystemExit(f"{path} holds a {res.kind}, not a ScoreRun")
     return res
 

@@ -23,19 +23,18 @@ from scoreops.rollout import (  # noqa: E402
     run_episodes,
     sequence_token_logprobs,
 )
-from scoreops.testing.tiny import build_tiny_model  # noqa: E402
-from scoreops.training.algorithms import (  # noqa: E402
+from scoreops.rollout.continuation import (  # noqa: E402
+    GUIDE_SEPARATOR,
     ORACLE_RIGHT,
     ORACLE_WRONG,
-    LossTerm,
-    backward_micro_batches,
+    guided_corrections,
     oracle_turns,
-    policy_loss,
 )
+from scoreops.testing.tiny import build_tiny_model  # noqa: E402
 from scoreops.training.backend import TorchBackend  # noqa: E402
 from scoreops.training.context import DistEnv  # noqa: E402
 from scoreops.training.evaluation import evaluate_items  # noqa: E402
-from scoreops.training.mgrpo import GUIDE_SEPARATOR, guided_corrections  # noqa: E402
+from scoreops.training.steps.backward import LossTerm, backward_micro_batches, policy_loss  # noqa: E402
 
 PAPER_PHRASES = [
     "Where might I have gone wrong this time? Let me double-check carefully.",

@@ -10,7 +10,7 @@ exchange roles, so each copy learns both to answer alone and to revise.
 Here both agents are policy-gradient learners with GRPO's group-normalised advantages of R over
 the G samples of a prompt (the paper uses PPO with a value head; a group baseline needs no
 critic) and a KL penalty to the frozen base model. The functions are pure; see
-:mod:`scoreops.training.cory` for the adapters and rollouts.
+:mod:`scoreops.training.steps.cory` for the adapters and rollouts.
 """
 
 from __future__ import annotations

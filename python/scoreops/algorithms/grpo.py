@@ -11,7 +11,7 @@ of the surrogate is exactly the policy gradient ``−A_i·∇log π(y_t)`` per t
 is ``∇log π`` at ρ = 1), aggregated as below, plus ``β·∇k``. The clip only acts when a caller
 passes log-probs of an older policy (several updates per batch). Both ``logp`` and
 ``old_logp`` are taken at the sampling temperature (see
-:func:`scoreops.training.algorithms.policy_loss`).
+:func:`scoreops.training.steps.backward.policy_loss`).
 
 Aggregation over tokens:
 
@@ -79,30 +79,39 @@ def grpo_loss(
     unclipped = ratio * adv
     clipped = torch.clamp(ratio, 1.0 - clip_eps, 1.0 + clip_eps) * adv
     pg_tok = -torch.minimum(unclipped, clipped)
-    if beta != 0.0:
-        if ref_logp is None:
-            raise ValueError("ref_logp is required when beta != 0")
-        kl_tok = per_token_kl(logp, ref_logp, kl_estimator)
-    else:
-        kl_tok = torch.zeros_like(logp)
+    kl_tok = _kl_tokens(logp, ref_logp, beta, kl_estimator)
     tok_loss = pg_tok + beta * kl_tok
-
-    def agg(x: torch.Tensor) -> torch.Tensor:
-        if loss_agg == "token-mean":
-            return (x * m).sum() / m.sum().clamp(min=1.0)
-        per_seq = (x * m).sum(dim=-1) / m.sum(dim=-1).clamp(min=1.0)
-        return per_seq.mean()
-
-    loss = agg(tok_loss)
+    loss = _aggregate(tok_loss, m, loss_agg)
     with torch.no_grad():
         n_tok = m.sum().clamp(min=1.0)
         clipped_active = (clipped < unclipped).to(logp.dtype)
         stats = {
             "loss": loss.item(),
-            "pg_loss": agg(pg_tok).item(),
+            "pg_loss": _aggregate(pg_tok, m, loss_agg).item(),
             "kl": ((kl_tok * m).sum() / n_tok).item(),
             "clip_fraction": ((clipped_active * m).sum() / n_tok).item(),
             "ratio_mean": ((ratio * m).sum() / n_tok).item(),
             "tokens": m.sum().item(),
         }
     return loss, stats
+
+
+def _kl_tokens(logp: torch.Tensor, ref_logp: torch.Tensor | None, beta: float,
+               kl_estimator: KLEstimator) -> torch.Tensor:
+    """Per-token KL estimates to the reference ``[B, T]`` (zeros when ``beta == 0``)."""
+    import torch
+
+    if beta == 0.0:
+        return torch.zeros_like(logp)
+    if ref_logp is None:
+        raise ValueError("ref_logp is required when beta != 0")
+    return per_token_kl(logp, ref_logp, kl_estimator)
+
+
+def _aggregate(x: torch.Tensor, m: torch.Tensor, loss_agg: LossAggregation) -> torch.Tensor:
+    """Per-token values ``x`` over the tokens of mask ``m``, aggregated as ``loss_agg`` says
+    (see the module docstring)."""
+    if loss_agg == "token-mean":
+        return (x * m).sum() / m.sum().clamp(min=1.0)
+    per_seq = (x * m).sum(dim=-1) / m.sum(dim=-1).clamp(min=1.0)
+    return per_seq.mean()

@@ -21,7 +21,7 @@ self-corrections of its own answers; both layers update the same policy.
   corrections that were verified.
 
 The functions here are pure: the guide-phrase draw, the selection, the per-group advantages
-and the two-layer loss. :mod:`scoreops.training.mgrpo` wires them to rollouts.
+and the two-layer loss. :mod:`scoreops.training.steps.mgrpo` wires them to rollouts.
 """
 
 from __future__ import annotations

@@ -32,7 +32,18 @@ Choices, made explicit:
   expectation is the exact turn-2 gradient of ``E[r̂2]``; left in, ``−α·r1`` would enter the
   group baseline shared by episodes whose first answers differ and give, e.g., a
   right→right second attempt an advantage of −α next to a wrong→right one (pure variance).
-  Turn-1 tokens are credited according to ``bonus_on_turn1`` (see :func:`stage2_loss`).
+  Turn-1 tokens are credited according to ``bonus_on_turn1``; the gradient each option of
+  :func:`stage2_loss` computes:
+
+  - turn-2 tokens (both options): the REINFORCE estimate of ``∇E[r̂2]`` through ``y2`` with
+    turn 1 held fixed; ``−α·r1`` is a function of turn 2's prompt and is removed per episode
+    before the group baseline (same expectation, less variance).
+  - ``bonus_on_turn1=True``: turn-1 tokens get the return-to-go ``(1−α)·r1 + (1+α)·r2``, so
+    the sum is the exact policy gradient of ``E[r1 + r̂2]``; with α > 1 it pays a wrong first
+    attempt that gets corrected more than a right one.
+  - ``bonus_on_turn1=False`` (the ScoreRun default): turn-1 tokens get ``r1 + r2``, the exact
+    gradient of ``E[r1 + r2]`` through ``y1``; the bonus acts only through ``y2``. The sum is
+    then not the gradient of one objective, but each part is exact for its own.
 * **Per-term advantage scale** (``term_scale``). The two policy-gradient terms differ in scale
   by about ``1+α`` (turn 2 carries the bonus), so under gradient clipping and AdamW the
   turn-2 term dominated the update and turn 1 got almost none. ``term_scale="std"`` divides
@@ -46,7 +57,7 @@ Choices, made explicit:
   when both turns are about as long, which is the common case; rescaling each term's
   *parameter* gradient to a common norm balances exactly but needs a backward pass per term.
   The per-turn gradient norms can be logged every step (``termGradNorms``, see
-  :func:`scoreops.training.algorithms.backward_micro_batches`).
+  :func:`scoreops.training.steps.backward.backward_micro_batches`).
 """
 
 from __future__ import annotations
@@ -129,6 +140,21 @@ def _turn_terms(
     return _masked_sum(logp, mask), _masked_sum(per_token_kl(logp, ref_logp, kl_estimator), mask)
 
 
+def _stats(loss: torch.Tensor, pg: torch.Tensor, kl1: torch.Tensor, kl2: torch.Tensor,
+           mask1: torch.Tensor, mask2: torch.Tensor, **extra: float) -> dict[str, float]:
+    """The statistics both stages report: loss, policy-gradient part, mean per-episode KL of
+    each turn, the stage's ``extra`` ones, and the mean length of each turn."""
+    return {
+        "loss": loss.item(),
+        "pg_loss": pg.mean().item(),
+        "kl_turn1": kl1.mean().item(),
+        "kl_turn2": kl2.mean().item(),
+        **extra,
+        "tokens_turn1": mask1.float().sum(dim=-1).mean().item(),
+        "tokens_turn2": mask2.float().sum(dim=-1).mean().item(),
+    }
+
+
 def stage1_loss(
     logp1: torch.Tensor,
     ref_logp1: torch.Tensor,
@@ -152,8 +178,7 @@ def stage1_loss(
         L = mean_b[ −A2_b · Σ_{t∈turn2} log π  +  β2 · Σ_{t∈turn1} KL_t  +  β1 · Σ_{t∈turn2} KL_t ]
 
     with ``A2 = scale_term(baseline(r2))`` over each group of ``group_size`` samples of a
-    prompt. Its gradient is the REINFORCE estimate of ``∇E[r2]`` through the turn-2 tokens
-    only (times ``1/σ(A2)`` with ``term_scale="std"``) plus the KL gradients.
+    prompt: the REINFORCE estimate of ``∇E[r2]`` through the turn-2 tokens only, plus the KLs.
 
     Args:
         logp1, logp2: policy log-probs ``[B, T]`` (with gradient); masks select each turn's tokens.
@@ -171,10 +196,8 @@ def stage1_loss(
         (mean per-episode sequence KL), ``reward_turn2`` (and ``reward_turn1`` when given),
         ``advantage_abs``, ``tokens_turn1``, ``tokens_turn2`` (mean lengths).
     """
-    _check_shapes(
-        logp1=logp1, ref_logp1=ref_logp1, logp2=logp2, ref_logp2=ref_logp2,
-        mask1=mask1, mask2=mask2,
-    )
+    _check_shapes(logp1=logp1, ref_logp1=ref_logp1, logp2=logp2, ref_logp2=ref_logp2,
+                  mask1=mask1, mask2=mask2)
     adv2 = scale_term(_advantages(r2.to(logp2.dtype), group_size, baseline), term_scale)
     _, kl1 = _turn_terms(logp1, ref_logp1, mask1, kl_estimator)
     seq2, kl2 = _turn_terms(logp2, ref_logp2, mask2, kl_estimator)
@@ -183,16 +206,8 @@ def stage1_loss(
     if terms_out is not None:
         terms_out["turn1"] = (beta2 * kl1).mean()
         terms_out["turn2"] = (pg + beta1 * kl2).mean()
-    stats = {
-        "loss": loss.item(),
-        "pg_loss": pg.mean().item(),
-        "kl_turn1": kl1.mean().item(),
-        "kl_turn2": kl2.mean().item(),
-        "reward_turn2": r2.float().mean().item(),
-        "advantage_abs": adv2.abs().mean().item(),
-        "tokens_turn1": mask1.float().sum(dim=-1).mean().item(),
-        "tokens_turn2": mask2.float().sum(dim=-1).mean().item(),
-    }
+    stats = _stats(loss, pg, kl1, kl2, mask1, mask2, reward_turn2=r2.float().mean().item(),
+                   advantage_abs=adv2.abs().mean().item())
     if r1 is not None:
         stats["reward_turn1"] = r1.float().mean().item()
     return loss, stats
@@ -226,17 +241,8 @@ def stage2_loss(
         L  = mean_b[ −A1_b · Σ_{turn1} log π − A2_b · Σ_{turn2} log π
                      + β1 · (Σ_{turn1} KL_t + Σ_{turn2} KL_t) ]
 
-    ``S`` is :func:`scale_term` with ``term_scale``. The gradient each option computes:
-
-    * turn-2 tokens (both options): the REINFORCE estimate of ``∇E[r̂2]`` through ``y2``
-      with turn 1 held fixed; ``−α·r1`` is a function of turn 2's prompt and is removed per
-      episode before the group baseline (same expectation, less variance).
-    * ``bonus_on_turn1=True``: turn-1 tokens get the return-to-go ``(1−α)·r1 + (1+α)·r2``,
-      so the sum is the exact policy gradient of ``E[r1 + r̂2]``; with α > 1 it pays a wrong
-      first attempt that gets corrected more than a right one.
-    * ``bonus_on_turn1=False`` (the ScoreRun default): turn-1 tokens get ``r1 + r2``, the
-      exact gradient of ``E[r1 + r2]`` through ``y1``; the bonus acts only through ``y2``.
-      The sum is then not the gradient of one objective, but each part is exact for its own.
+    ``S`` is :func:`scale_term` with ``term_scale``; the gradient each option computes is
+    derived in the module docstring (Stage II).
 
     Arguments as in :func:`stage1_loss`, plus turn-1 rewards ``r1 [B]`` and the shaping
     ``alpha``; ``terms_out`` is filled with ``"turn1"`` (``mean_b[−A1·Σ log π + β1·KL_turn1]``)
@@ -247,10 +253,8 @@ def stage2_loss(
         ``reward_turn1``, ``reward_turn2``, ``shaped_reward_turn2``, ``advantage_abs``,
         ``tokens_turn1``, ``tokens_turn2``.
     """
-    _check_shapes(
-        logp1=logp1, ref_logp1=ref_logp1, logp2=logp2, ref_logp2=ref_logp2,
-        mask1=mask1, mask2=mask2,
-    )
+    _check_shapes(logp1=logp1, ref_logp1=ref_logp1, logp2=logp2, ref_logp2=ref_logp2,
+                  mask1=mask1, mask2=mask2)
     r1f, r2f = r1.to(logp1.dtype), r2.to(logp2.dtype)
     shaped = shaped_turn2_reward(r1f, r2f, alpha)
     adv1 = scale_term(_advantages(r1f + (shaped if bonus_on_turn1 else r2f), group_size,
@@ -265,16 +269,7 @@ def stage2_loss(
     if terms_out is not None:
         terms_out["turn1"] = (pg1 + beta1 * kl1).mean()
         terms_out["turn2"] = (pg2 + beta1 * kl2).mean()
-    stats = {
-        "loss": loss.item(),
-        "pg_loss": pg.mean().item(),
-        "kl_turn1": kl1.mean().item(),
-        "kl_turn2": kl2.mean().item(),
-        "reward_turn1": r1f.mean().item(),
-        "reward_turn2": r2f.mean().item(),
-        "shaped_reward_turn2": shaped.mean().item(),
-        "advantage_abs": 0.5 * (adv1.abs().mean() + adv2.abs().mean()).item(),
-        "tokens_turn1": mask1.float().sum(dim=-1).mean().item(),
-        "tokens_turn2": mask2.float().sum(dim=-1).mean().item(),
-    }
-    return loss, stats
+    return loss, _stats(loss, pg, kl1, kl2, mask1, mask2, reward_turn1=r1f.mean().item(),
+                        reward_turn2=r2f.mean().item(),
+                        shaped_reward_turn2=shaped.mean().item(),
+                        advantage_abs=0.5 * (adv1.abs().mean() + adv2.abs().mean()).item())

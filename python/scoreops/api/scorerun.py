@@ -1,4 +1,8 @@
-"""ScoreRun: one RL training run that teaches a model to correct itself."""
+"""ScoreRun: one RL training run that teaches a model to correct itself.
+
+Size: the ScoreRun schema, one kind's wire format with every field's description (the CRD is
+generated from it), kept in one file.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
+from scoreops.algorithms.registry import algorithm_traits
 from scoreops.api.base import (
     API_VERSION,
     ApiModel,
@@ -356,12 +361,14 @@ class ScoreRunSpec(ApiModel):
             # DeepSpeed's CPU accelerator (gloo, fp32) exists for tests, not for speed
             raise ValueError(f"resources.deepspeed {res.deepspeed} needs resources.gpusPerWorker "
                              ">= 1, or resources.precision fp32 to run on CPU")
-        if self.algorithm.name == "score" and self.rollout.turns < 2:
-            raise ValueError("algorithm score needs rollout.turns >= 2")
+        alg = algorithm_traits(self.algorithm.name)
+        if self.rollout.turns < alg.min_turns:
+            raise ValueError(f"algorithm {alg.name} needs rollout.turns >= {alg.min_turns}")
         if self.optim.micro_batch_size > self.optim.batch_size * self.rollout.samples_per_prompt:
             raise ValueError("optim.microBatchSize exceeds batchSize * rollout.samplesPerPrompt")
-        if self.algorithm.name in ("grpo", "mgrpo") and self.rollout.samples_per_prompt < 2:
-            raise ValueError(f"algorithm {self.algorithm.name} needs rollout.samplesPerPrompt >= 2")
+        if self.rollout.samples_per_prompt < alg.min_samples_per_prompt:
+            raise ValueError(f"algorithm {alg.name} needs rollout.samplesPerPrompt >= "
+                             f"{alg.min_samples_per_prompt}")
         return self
 
 

@@ -40,7 +40,16 @@ def run_episodes(
     """
     if turns < 1:
         raise ValueError(f"turns must be >= 1, got {turns}")
-    tokenizer = engine.tokenizer
+    episodes = _first_attempts(engine, questions, params, system_prompt)
+    for t in range(1, turns):
+        _next_attempt(engine, episodes, instruction,
+                      dataclasses.replace(params, n=1, seed=_turn_seed(params.seed, t)))
+    return episodes
+
+
+def _first_attempts(engine: RolloutEngine, questions: Sequence[str], params: SamplingParams,
+                    system_prompt: str | None) -> list[Episode]:
+    """``params.n`` one-turn episodes per question, group-contiguous."""
     conversations: list[Conversation] = []
     for q in questions:
         conv: Conversation = []
@@ -48,10 +57,9 @@ def run_episodes(
             conv.append({"role": "system", "content": system_prompt})
         conv.append({"role": "user", "content": q})
         conversations.append(conv)
-    prompt_ids = [encode_conversation(tokenizer, c) for c in conversations]
+    prompt_ids = [encode_conversation(engine.tokenizer, c) for c in conversations]
     first_params = dataclasses.replace(params, seed=_turn_seed(params.seed, 0))
     grouped = engine.generate(conversations, first_params, prompt_token_ids=prompt_ids)
-
     episodes: list[Episode] = []
     for qi, (q, conv, ids, completions) in enumerate(
         zip(questions, conversations, prompt_ids, grouped, strict=True)
@@ -67,27 +75,27 @@ def run_episodes(
                     turns=[Turn(messages=list(conv), completion=c, prompt_token_ids=list(ids))],
                 )
             )
-
-    later_params = dataclasses.replace(params, n=1)
-    for t in range(1, turns):
-        convs: list[Conversation] = []
-        ids_list: list[list[int]] = []
-        for ep in episodes:
-            last = ep.turns[-1]
-            if last.prompt_token_ids is None:  # only if a caller edited the episode
-                last.prompt_token_ids = encode_conversation(tokenizer, last.messages)
-            conv, new = follow_up(last.messages, last.completion.text, instruction)
-            convs.append(conv)
-            ids_list.append(
-                continuation_ids(
-                    tokenizer, last.messages, last.prompt_token_ids, last.completion.token_ids, new
-                )
-            )
-        outs = engine.generate(
-            convs,
-            dataclasses.replace(later_params, seed=_turn_seed(params.seed, t)),
-            prompt_token_ids=ids_list,
-        )
-        for ep, conv, ids, out in zip(episodes, convs, ids_list, outs, strict=True):
-            ep.turns.append(Turn(messages=conv, completion=out[0], prompt_token_ids=ids))
     return episodes
+
+
+def _next_attempt(engine: RolloutEngine, episodes: list[Episode], instruction: str,
+                  params: SamplingParams) -> None:
+    """Append one turn to every episode (in place): its answer to ``instruction`` after its
+    last answer, one sample each with ``params``."""
+    tokenizer = engine.tokenizer
+    convs: list[Conversation] = []
+    ids_list: list[list[int]] = []
+    for ep in episodes:
+        last = ep.turns[-1]
+        if last.prompt_token_ids is None:  # only if a caller edited the episode
+            last.prompt_token_ids = encode_conversation(tokenizer, last.messages)
+        conv, new = follow_up(last.messages, last.completion.text, instruction)
+        convs.append(conv)
+        ids_list.append(
+            continuation_ids(
+                tokenizer, last.messages, last.prompt_token_ids, last.completion.token_ids, new
+            )
+        )
+    outs = engine.generate(convs, params, prompt_token_ids=ids_list)
+    for ep, conv, ids, out in zip(episodes, convs, ids_list, outs, strict=True):
+        ep.turns.append(Turn(messages=conv, completion=out[0], prompt_token_ids=ids))

@@ -31,18 +31,27 @@ sampled tokens differ from the CPU path's but never depend on the batch), exact 
 the prefix cache. Models it does not support (sliding-window layers, flash attention, forward
 hooks such as CORY's adapters) and stop strings keep ``generate``; ``decode="static"`` forces
 the static path (eagerly, on a CPU: how it is tested without a GPU).
+
+Size: one engine class; its two decoding paths (``generate`` and the static decoder) share the
+engine's state and prefix-cache plumbing. Per-row sampling, the cache layers, the static
+decoder and the prefix cache itself live in their own modules.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from scoreops.rollout.chat import encode_conversation
 from scoreops.rollout.kv_cache import make_cache, reserved_layer_class
-from scoreops.rollout.prefix_cache import CachedRow, PrefixCache, model_fingerprint
-from scoreops.rollout.static_decode import _cache_kwarg
+from scoreops.rollout.prefix_cache import (
+    CachedRow,
+    PrefixCache,
+    model_fingerprint,
+    prefilled_cache,
+)
+from scoreops.rollout.sampling import RowSampler, RowStopper, row_seed
+from scoreops.rollout.static_cache import cache_kwarg
 from scoreops.rollout.types import Completion, Conversation, FinishReason, SamplingParams
 
 if TYPE_CHECKING:
@@ -50,12 +59,6 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 __all__ = ["HFEngine", "row_seed"]
-
-
-def row_seed(seed: int, conversation: int, sample: int) -> int:
-    """A 63-bit seed for one row, stable across processes and platforms."""
-    digest = hashlib.blake2b(f"{seed}:{conversation}:{sample}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
 
 
 def _as_device(device: Any) -> Any:
@@ -235,23 +238,60 @@ class HFEngine:
         consumed: dict[tuple[int, ...], CachedRow],
     ) -> list[Completion]:
         import torch
-        from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
+        from transformers import LogitsProcessorList, StoppingCriteriaList
 
         width = max(len(p) for p in prompts)
-        ids = torch.full((len(prompts), width), self.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(prompts), width), dtype=torch.long)
-        for i, p in enumerate(prompts):  # left padding: the last prompt token is at width-1
-            ids[i, width - len(p) :] = torch.tensor(p, dtype=torch.long)
-            mask[i, width - len(p) :] = 1
-        ids, mask = ids.to(self.device), mask.to(self.device)
+        ids, mask = self._left_padded(prompts, width)
         reserve = params.max_new_tokens + 1
         past, sources = self._cached_prefix(model, prompts, width, reserve)
         if past is None:  # states are written into reserved room, not concatenated per step
             past = make_cache(model.config, reserve)
 
-        sampler = _RowSampler(seeds, params, self.device)
-        stopper = _RowStopper(width, self.eos_token_ids, params.stop, self.tokenizer)
-        config = GenerationConfig(
+        sampler = RowSampler(seeds, params, self.device)
+        stopper = RowStopper(width, self.eos_token_ids, params.stop, self.tokenizer)
+        with torch.inference_mode():
+            out = model.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                generation_config=self._generation_config(params),
+                logits_processor=LogitsProcessorList([sampler]),
+                stopping_criteria=StoppingCriteriaList([stopper]),
+                **{cache_kwarg(model) or "past_key_values": past},
+            )
+        if self.prefix_cache is not None:
+            sequences = out.sequences
+            # newer transformers name the output's cache "cache" (the old name warns there)
+            cache = out.get("cache")
+            if cache is None:
+                cache = out.past_key_values
+        else:
+            sequences, cache = out, None
+        logprobs = torch.stack(sampler.logprobs, dim=1).tolist() if sampler.logprobs else []
+        completions = self._completions(sequences[:, width:].tolist(), logprobs,
+                                        stopper.finished_at, params)
+        if cache is not None:
+            self._store_rows(cache, prompts, [c.token_ids for c in completions], width)
+            consumed.update((s.tokens, s) for s in sources if s is not None)
+        return completions
+
+    def _left_padded(self, prompts: list[list[int]],
+                     width: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(input_ids, attention_mask)`` on the device, left-padded to ``width`` (the last
+        prompt token of every row is at ``width - 1``)."""
+        import torch
+
+        ids = torch.full((len(prompts), width), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for i, p in enumerate(prompts):
+            ids[i, width - len(p) :] = torch.tensor(p, dtype=torch.long)
+            mask[i, width - len(p) :] = 1
+        return ids.to(self.device), mask.to(self.device)
+
+    def _generation_config(self, params: SamplingParams) -> Any:
+        """``generate``'s settings: greedy over the one-hot scores of :class:`RowSampler`."""
+        from transformers import GenerationConfig
+
+        return GenerationConfig(
             max_new_tokens=params.max_new_tokens,
             # The sampler picks the token and returns a one-hot score, so argmax selects it.
             do_sample=False,
@@ -264,28 +304,14 @@ class HFEngine:
             top_p=None,
             top_k=None,
         )
-        with torch.inference_mode():
-            out = model.generate(
-                input_ids=ids,
-                attention_mask=mask,
-                generation_config=config,
-                logits_processor=LogitsProcessorList([sampler]),
-                stopping_criteria=StoppingCriteriaList([stopper]),
-                **{_cache_kwarg(model) or "past_key_values": past},
-            )
-        if self.prefix_cache is not None:
-            sequences = out.sequences
-            # newer transformers name the output's cache "cache" (the old name warns there)
-            cache = out.get("cache")
-            if cache is None:
-                cache = out.past_key_values
-        else:
-            sequences, cache = out, None
-        new = sequences[:, width:].tolist()
-        logprobs = torch.stack(sampler.logprobs, dim=1).tolist() if sampler.logprobs else []
+
+    def _completions(self, new: list[list[int]], logprobs: list[list[float]],
+                     finished_at: list[int], params: SamplingParams) -> list[Completion]:
+        """The generated rows as completions: cut after the stop token (``finished_at``) or
+        at ``max_new_tokens``, text cut at the first stop string."""
         completions = []
         for i, row in enumerate(new):
-            end = stopper.finished_at[i]
+            end = finished_at[i]
             reason: FinishReason = "stop" if end >= 0 else "length"
             n_tokens = end + 1 if end >= 0 else min(len(row), params.max_new_tokens)
             token_ids = row[:n_tokens]
@@ -302,9 +328,6 @@ class HFEngine:
                     finish_reason=reason,
                 )
             )
-        if cache is not None:
-            self._store_rows(cache, prompts, [c.token_ids for c in completions], width)
-            consumed.update((s.tokens, s) for s in sources if s is not None)
         return completions
 
     def _static_decoder(self, model: PreTrainedModel, params: SamplingParams) -> Any:
@@ -374,67 +397,24 @@ class HFEngine:
         self, prompts: list[list[int]], width: int
     ) -> tuple[int, list[CachedRow | None], list[int]]:
         """``(span, stored rows, tokens used of each)`` of a micro-batch's cached prefixes
-        (``used`` all 0 when reusing saves nothing); counts hits and misses."""
-        sources: list[CachedRow | None] = [None] * len(prompts)
-        nothing = (0, [None] * len(prompts), [0] * len(prompts))
+        (:meth:`PrefixCache.plan`; nothing without a prefix cache)."""
         if self.prefix_cache is None:
-            return nothing
-        sources = [self.prefix_cache.lookup(p) for p in prompts]
-        if all(s is None for s in sources):
-            self.prefix_cache.misses += len(prompts)
-            return nothing
-        cached = [0 if s is None else len(s.tokens) for s in sources]
-        span = width - max(len(p) - c for p, c in zip(prompts, cached, strict=True))
-        used = [max(0, span - (width - len(p))) for p in prompts]
-        if span < 1 or not any(used):
-            self.prefix_cache.misses += len(prompts)
-            return nothing
-        hits = sum(1 for u in used if u)
-        self.prefix_cache.hits += hits
-        self.prefix_cache.misses += len(prompts) - hits
-        self.prefix_cache.reused_tokens += sum(used)
-        return span, sources, used
+            return 0, [None] * len(prompts), [0] * len(prompts)
+        return self.prefix_cache.plan(prompts, width)
 
     def _cached_prefix(
         self, model: PreTrainedModel, prompts: list[list[int]], width: int, reserve: int
     ) -> tuple[Any, list[CachedRow | None]]:
-        """A left-padded cache of the rows' stored prefixes, or ``None`` if it saves nothing.
-
-        Row ``i`` occupies columns ``[width - len_i, width)``. The cache covers columns
-        ``[0, P)`` for every row, with ``P = width - max_i(len_i - cached_i)``: the longest
-        common cached span that leaves every row's uncached tail inside ``[P, width)``. Columns
-        of a row before its first token (or all of ``[0, P)`` for a row with no stored prefix
-        reaching that far) hold zeros and are masked out by the attention mask.
-        """
+        """A left-padded cache of the rows' stored prefixes (see :func:`prefilled_cache`), or
+        ``None`` if it saves nothing; and the stored rows it used."""
         span, sources, used = self._prefix_plan(prompts, width)
         if not any(used):
             return None, sources
-
-        import torch
-
-        first = next(s for s in sources if s is not None)
-        data = []
-        with torch.inference_mode():
-            for layer, (k0, v0) in enumerate(first.layers):
-                keys = k0.new_zeros((len(prompts), k0.shape[0], span, k0.shape[2]))
-                values = v0.new_zeros((len(prompts), v0.shape[0], span, v0.shape[2]))
-                for i, (src, u) in enumerate(zip(sources, used, strict=True)):
-                    if src is None or u == 0:
-                        continue
-                    k, v = src.layers[layer]
-                    keys[i, :, span - u :] = k[:, :u]
-                    values[i, :, span - u :] = v[:, :u]
-                data.append((keys, values))
-            past = make_cache(model.config, width - span + reserve, data)
+        past = prefilled_cache(model.config, sources, used, span, width - span + reserve)
         return past, [s if u else None for s, u in zip(sources, used, strict=True)]
 
-    def _store_rows(
-        self,
-        cache: Any,
-        prompts: list[list[int]],
-        completions: list[list[int]],
-        width: int,
-    ) -> None:
+    def _store_rows(self, cache: Any, prompts: list[list[int]], completions: list[list[int]],
+                    width: int) -> None:
         """Store each row's states: prompt + completion tokens that were fed to the model."""
         layers = getattr(cache, "layers", None)
         # Only full-attention layers hold every position (a sliding-window layer does not);
@@ -446,119 +426,8 @@ class HFEngine:
         self._store_row_states([(layer.keys, layer.values) for layer in layers], prompts,
                                completions, width, length - width)
 
-    def _store_row_states(
-        self,
-        layers: list[tuple[torch.Tensor, torch.Tensor]],
-        prompts: list[list[int]],
-        completions: list[list[int]],
-        width: int,
-        fed: int,
-    ) -> None:
-        """Store row i's states from per-layer ``(keys, values)`` ``[B, H, ≥width+fed, D]``
-        (prompt left-padded to ``width``; ``fed``: generated tokens whose states are there)."""
+    def _store_row_states(self, layers: list[tuple[torch.Tensor, torch.Tensor]],
+                          prompts: list[list[int]], completions: list[list[int]], width: int,
+                          fed: int) -> None:
         assert self.prefix_cache is not None
-        for i, (prompt, gen) in enumerate(zip(prompts, completions, strict=True)):
-            start = width - len(prompt)
-            n_gen = min(len(gen), fed)  # the last sampled token was never fed
-            stop = width + n_gen
-            row_layers = [(k[i, :, start:stop].clone(), v[i, :, start:stop].clone())
-                          for k, v in layers]
-            nbytes = sum(k.numel() * k.element_size() * 2 for k, _ in row_layers)
-            tokens = tuple(prompt) + tuple(gen[:n_gen])
-            self.prefix_cache.store(CachedRow(tokens=tokens, layers=row_layers, nbytes=nbytes))
-
-
-class _RowSampler:
-    """Logits processor that samples each row from its own generator.
-
-    It records ``log_softmax(raw logits)[token]`` and returns scores that are 0 at the chosen
-    token and −inf elsewhere, so ``generate``'s greedy selection takes the chosen token.
-    """
-
-    def __init__(self, seeds: list[int], params: SamplingParams, device: Any) -> None:
-        import torch
-
-        self.params = params
-        self.logprobs: list[torch.Tensor] = []
-        self.generators = []
-        if not params.greedy:
-            dev = torch.device(device)
-            for seed in seeds:
-                g = torch.Generator(device=dev)
-                g.manual_seed(seed)
-                self.generators.append(g)
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        import torch
-
-        logits = scores.float()
-        logp = torch.log_softmax(logits, dim=-1)
-        if self.params.greedy:
-            tokens = logits.argmax(dim=-1)
-        else:
-            probs = torch.softmax(logits / self.params.temperature, dim=-1)
-            if self.params.top_p < 1.0:
-                probs = _top_p_filter(probs, self.params.top_p)
-            # Inverse-CDF sampling with one uniform draw per row from the row's own generator
-            # (torch.multinomial has no per-row generators and is slow on large vocabularies).
-            # ``right=True`` picks the first token whose cumulative mass exceeds the draw, so
-            # a zero-probability token is never chosen.
-            cdf = probs.double().cumsum(dim=-1)
-            u = torch.cat(
-                [torch.rand(1, generator=g, dtype=torch.float64, device=g.device)
-                 for g in self.generators]
-            )
-            draws = (u * cdf[:, -1]).unsqueeze(-1)
-            tokens = torch.searchsorted(cdf, draws, right=True).squeeze(-1)
-            tokens = tokens.clamp(max=probs.shape[-1] - 1)
-        self.logprobs.append(logp.gather(-1, tokens[:, None]).squeeze(-1))
-        out = torch.full_like(scores, float("-inf"))
-        out.scatter_(-1, tokens[:, None], 0.0)
-        return out
-
-
-def _top_p_filter(probs: torch.Tensor, top_p: float) -> torch.Tensor:
-    """Keep the smallest set of most likely tokens whose mass reaches ``top_p``; renormalise."""
-    import torch
-
-    sorted_probs, order = probs.sort(dim=-1, descending=True)
-    before = sorted_probs.cumsum(dim=-1) - sorted_probs  # mass of the strictly likelier tokens
-    sorted_probs = sorted_probs.masked_fill(before >= top_p, 0.0)
-    filtered = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
-    return filtered / filtered.sum(dim=-1, keepdim=True)
-
-
-class _RowStopper:
-    """Stopping criterion that remembers at which generated position each row stopped."""
-
-    def __init__(
-        self, prompt_width: int, eos_ids: set[int], stop: Sequence[str], tokenizer: Any
-    ) -> None:
-        self.prompt_width = prompt_width
-        self.eos_ids = sorted(eos_ids)
-        self.stop = tuple(stop)
-        self.tokenizer = tokenizer
-        # Byte-level tokens can carry less than a character: look back generously.
-        self.window = 2 * max((len(s) for s in self.stop), default=0) + 4
-        self.finished_at: list[int] = []
-
-    def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
-        import torch
-
-        if not self.finished_at:
-            self.finished_at = [-1] * input_ids.shape[0]
-        step = input_ids.shape[1] - self.prompt_width - 1
-        eos = torch.isin(input_ids[:, -1], torch.tensor(self.eos_ids, device=input_ids.device))
-        hits = eos.tolist()
-        if self.stop:
-            lo = max(self.prompt_width, input_ids.shape[1] - self.window)
-            tails = input_ids[:, lo:].tolist()
-            for i, tail in enumerate(tails):
-                if self.finished_at[i] < 0 and not hits[i]:
-                    text = self.tokenizer.decode(tail, skip_special_tokens=False)
-                    hits[i] = any(s in text for s in self.stop)
-        for i, hit in enumerate(hits):
-            if hit and self.finished_at[i] < 0:
-                self.finished_at[i] = step
-        done = [f >= 0 for f in self.finished_at]
-        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+        self.prefix_cache.store_rows(layers, prompts, completions, width, fed)

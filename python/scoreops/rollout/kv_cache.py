@@ -56,17 +56,9 @@ def reserved_layer_class() -> type:
 
         def _allocate(self, key_states: torch.Tensor, value_states: torch.Tensor, filled: int,
                       capacity: int) -> None:
-            import torch
-
-            b, h, _, d = key_states.shape
-            keys = torch.empty((b, h, capacity, d), dtype=key_states.dtype,
-                               device=key_states.device)
-            values = torch.empty((b, value_states.shape[1], capacity, value_states.shape[-1]),
-                                 dtype=value_states.dtype, device=value_states.device)
-            if filled:
-                keys[:, :, :filled] = self.keys
-                values[:, :, :filled] = self.values
-            self._key_buffer, self._value_buffer = keys, values
+            self._key_buffer = _buffer(key_states, capacity, self.keys if filled else None)
+            self._value_buffer = _buffer(value_states, capacity,
+                                         self.values if filled else None)
 
         def _drop_buffer(self) -> None:
             self._key_buffer = self._value_buffer = None
@@ -88,6 +80,18 @@ def reserved_layer_class() -> type:
             self._drop_buffer()
 
     return ReservedLayer
+
+
+def _buffer(states: torch.Tensor, capacity: int, filled: torch.Tensor | None) -> torch.Tensor:
+    """An uninitialised ``[B, H, capacity, D]`` buffer like ``states``, starting with the
+    ``filled`` states (the ones already cached) when given."""
+    import torch
+
+    b, h, _, d = states.shape
+    buffer = torch.empty((b, h, capacity, d), dtype=states.dtype, device=states.device)
+    if filled is not None:
+        buffer[:, :, :filled.shape[-2]] = filled
+    return buffer
 
 
 def make_cache(

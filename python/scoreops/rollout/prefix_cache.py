@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["CachedRow", "PrefixCache", "model_fingerprint"]
+__all__ = ["CachedRow", "PrefixCache", "model_fingerprint", "prefilled_cache"]
 
 _MOD = (1 << 61) - 1
 _BASE = 1_000_003
@@ -142,6 +142,45 @@ class PrefixCache:
 
     # -- internals -----------------------------------------------------------------------
 
+    def plan(self, prompts: list[list[int]],
+             width: int) -> tuple[int, list[CachedRow | None], list[int]]:
+        """``(span, stored rows, tokens used of each)`` for a micro-batch of ``prompts``
+        left-padded to ``width``: the cached columns ``[0, span)`` that leave every row's
+        uncached tail inside ``[span, width)`` (``used`` all 0 when reusing saves nothing);
+        counts hits and misses."""
+        nothing: tuple[int, list[CachedRow | None], list[int]] = (
+            0, [None] * len(prompts), [0] * len(prompts))
+        sources = [self.lookup(p) for p in prompts]
+        if all(s is None for s in sources):
+            self.misses += len(prompts)
+            return nothing
+        cached = [0 if s is None else len(s.tokens) for s in sources]
+        span = width - max(len(p) - c for p, c in zip(prompts, cached, strict=True))
+        used = [max(0, span - (width - len(p))) for p in prompts]
+        if span < 1 or not any(used):
+            self.misses += len(prompts)
+            return nothing
+        hits = sum(1 for u in used if u)
+        self.hits += hits
+        self.misses += len(prompts) - hits
+        self.reused_tokens += sum(used)
+        return span, sources, used
+
+    def store_rows(self, layers: list[tuple[torch.Tensor, torch.Tensor]],
+                   prompts: list[list[int]], completions: list[list[int]], width: int,
+                   fed: int) -> None:
+        """Store row i's states from per-layer ``(keys, values)`` ``[B, H, ≥width+fed, D]``
+        (prompt left-padded to ``width``; ``fed``: generated tokens whose states are there)."""
+        for i, (prompt, gen) in enumerate(zip(prompts, completions, strict=True)):
+            start = width - len(prompt)
+            n_gen = min(len(gen), fed)  # the last sampled token was never fed
+            stop = width + n_gen
+            row_layers = [(k[i, :, start:stop].clone(), v[i, :, start:stop].clone())
+                          for k, v in layers]
+            nbytes = sum(k.numel() * k.element_size() * 2 for k, _ in row_layers)
+            tokens = tuple(prompt) + tuple(gen[:n_gen])
+            self.store(CachedRow(tokens=tokens, layers=row_layers, nbytes=nbytes))
+
     def _clear(self) -> None:
         self._entries.clear()
         self._index.clear()
@@ -161,3 +200,30 @@ class PrefixCache:
             self._lengths[len(tokens)] = n
         else:
             del self._lengths[len(tokens)]
+
+
+def prefilled_cache(config: Any, sources: Sequence[CachedRow | None], used: Sequence[int],
+                    span: int, reserve: int) -> Any:
+    """A cache (:func:`~scoreops.rollout.kv_cache.make_cache`, room for ``reserve`` more
+    tokens) holding columns ``[0, span)`` of a left-padded micro-batch: row ``i``'s first
+    ``used[i]`` stored states of ``sources[i]`` end at column ``span``. Columns of a row before
+    its first token (or all of ``[0, span)`` for a row with no stored prefix reaching that
+    far) hold zeros and are masked out by the attention mask."""
+    import torch
+
+    from scoreops.rollout.kv_cache import make_cache
+
+    first = next(s for s in sources if s is not None)
+    data = []
+    with torch.inference_mode():
+        for layer, (k0, v0) in enumerate(first.layers):
+            keys = k0.new_zeros((len(sources), k0.shape[0], span, k0.shape[2]))
+            values = v0.new_zeros((len(sources), v0.shape[0], span, v0.shape[2]))
+            for i, (src, u) in enumerate(zip(sources, used, strict=True)):
+                if src is None or u == 0:
+                    continue
+                k, v = src.layers[layer]
+                keys[i, :, span - u :] = k[:, :u]
+                values[i, :, span - u :] = v[:, :u]
+            data.append((keys, values))
+        return make_cache(config, reserve, data)

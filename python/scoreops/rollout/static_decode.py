@@ -26,122 +26,26 @@ Supported: decoder-only models whose layers are all full attention, with ``sdpa`
 from __future__ import annotations
 
 import contextlib
-import functools
 import inspect
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from scoreops.rollout.sampling import seed_halves, top_p_filter, uniform_from_seeds
+from scoreops.rollout.static_cache import Slot, cache_kwarg, supports
+
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["DecodeResult", "StaticDecoder", "TooLarge", "supports", "uniform_from_seeds"]
+__all__ = ["DecodeResult", "StaticDecoder", "TooLarge", "supports"]
 
-_M32 = 0xFFFFFFFF
 GRAPH_CHECK_EVERY = 8
 """Decoding steps between checks for "every row finished" (each check waits for the GPU)."""
 
 
-def _mul32(h: torch.Tensor, m: int) -> torch.Tensor:
-    """``(h * m) mod 2**32`` for int64 tensors holding values below 2**32, without overflow."""
-    lo, hi = m & 0xFFFF, m >> 16
-    return (h * lo + (((h * hi) & 0xFFFF) << 16)) & _M32
-
-
-def _fmix32(h: torch.Tensor) -> torch.Tensor:
-    """MurmurHash3's 32-bit finaliser (a bijection with full avalanche)."""
-    h = h ^ (h >> 16)
-    h = _mul32(h, 0x85EBCA6B)
-    h = h ^ (h >> 13)
-    h = _mul32(h, 0xC2B2AE35)
-    return h ^ (h >> 16)
-
-
-def uniform_from_seeds(seed_lo: torch.Tensor, seed_hi: torch.Tensor,
-                       step: torch.Tensor) -> torch.Tensor:
-    """One float64 draw in [0, 1) per row from its seed halves (int64, < 2**32) and ``step``
-    (int64 ``[1]``): 53 random bits from hashing (seed, step)."""
-    s = _fmix32((step * 0x9E3779B9 & _M32) ^ 0x1B873593)
-    h = _fmix32(seed_lo ^ _fmix32(seed_hi ^ s))
-    a = _fmix32(h ^ 0x68E31DA4) >> 5  # 27 bits
-    b = _fmix32(h ^ 0x2545F491) >> 6  # 26 bits
-    return (a * 67108864 + b).double() / 9007199254740992.0
-
-
-def _full_attention_only(config: Any) -> bool:
-    types = getattr(config, "layer_types", None)
-    if types is not None and any(t != "full_attention" for t in types):
-        return False
-    return getattr(config, "sliding_window", None) is None or not getattr(
-        config, "use_sliding_window", True)
-
-
-def _cache_kwarg(model: Any) -> str | None:
-    """The name ``model.forward`` takes its cache under (``cache`` in newer transformers,
-    ``past_key_values`` before)."""
-    params = inspect.signature(model.forward).parameters
-    for name in ("cache", "past_key_values"):
-        if name in params:
-            return name
-    return None
-
-
-def supports(model: Any) -> str | None:
-    """``None`` if :class:`StaticDecoder` can run ``model``, else why not."""
-    config = getattr(model, "config", None)
-    if config is None or getattr(config, "is_encoder_decoder", False):
-        return "not a decoder-only transformers model"
-    if not _full_attention_only(config):
-        return "has sliding-window or non-attention layers"
-    impl = getattr(config, "_attn_implementation", None) or "eager"
-    if impl not in ("sdpa", "eager"):
-        return f"attention implementation {impl!r} takes no 4-D mask"
-    if _cache_kwarg(model) is None:
-        return "its forward takes no cache"
-    for mod in model.modules():
-        if mod._forward_hooks or mod._forward_pre_hooks:
-            return "has forward hooks"
-    return None
-
-
 class TooLarge(RuntimeError):
     """The static cache of a batch would not fit in the device's free memory."""
-
-
-@functools.cache
-def _layer_class() -> type:
-    from transformers.cache_utils import DynamicLayer
-
-    class StaticLayer(DynamicLayer):  # type: ignore[misc]
-        """Keys/values in a fixed ``[B, H, L, D]`` buffer; each update writes its ``q`` new
-        states at columns ``pos .. pos+q-1`` (``pos``: a shared device tensor) and returns the
-        whole buffer (columns not yet written are masked out by the caller's 4-D mask)."""
-
-        def __init__(self, keys: torch.Tensor, values: torch.Tensor,
-                     pos: torch.Tensor) -> None:
-            super().__init__()
-            self.keys, self.values, self.pos = keys, values, pos
-            self.device, self.dtype = keys.device, keys.dtype
-            self.is_initialized = True
-
-        def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any,
-                   **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
-            import torch
-
-            q = key_states.shape[-2]
-            idx = self.pos + torch.arange(q, device=self.pos.device)
-            self.keys.index_copy_(2, idx, key_states.to(self.keys.dtype))
-            self.values.index_copy_(2, idx, value_states.to(self.values.dtype))
-            return self.keys, self.values
-
-        def get_seq_length(self, *args: Any, **kwargs: Any) -> int:
-            return int(self.keys.shape[-2])
-
-        def get_max_cache_shape(self, *args: Any, **kwargs: Any) -> int:
-            return int(self.keys.shape[-2])
-
-    return StaticLayer
 
 
 @dataclass
@@ -155,43 +59,6 @@ class DecodeResult:
     stopped: list[bool]
     layers: list[tuple[torch.Tensor, torch.Tensor]]
     fed: int
-
-
-class _Slot:
-    """Buffers (and, on CUDA, the captured step) of one (rows, cache length, sampling) shape."""
-
-    def __init__(self, decoder: StaticDecoder, rows: int, length: int, max_new: int,
-                 sampling: tuple[bool, float, float]) -> None:
-        import torch
-
-        model, dev = decoder.model, decoder.device
-        cfg = model.config
-        heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
-        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-        dtype = decoder.dtype
-        self.rows, self.length, self.max_new, self.sampling = rows, length, max_new, sampling
-        self.pos = torch.zeros(1, dtype=torch.long, device=dev)
-        self.step = torch.zeros(1, dtype=torch.long, device=dev)
-        self.kv = [(torch.zeros(rows, heads, length, head_dim, dtype=dtype, device=dev),
-                    torch.zeros(rows, heads, length, head_dim, dtype=dtype, device=dev))
-                   for _ in range(cfg.num_hidden_layers)]
-        self.valid = torch.zeros(rows, length, dtype=torch.bool, device=dev)
-        self.tok = torch.zeros(rows, dtype=torch.long, device=dev)
-        self.pos_ids = torch.zeros(rows, 1, dtype=torch.long, device=dev)
-        self.finished = torch.zeros(rows, dtype=torch.bool, device=dev)
-        self.seed_lo = torch.zeros(rows, dtype=torch.long, device=dev)
-        self.seed_hi = torch.zeros(rows, dtype=torch.long, device=dev)
-        self.out_tokens = torch.zeros(rows, max_new, dtype=torch.long, device=dev)
-        self.out_logp = torch.zeros(rows, max_new, dtype=torch.float32, device=dev)
-        self.graph: Any = None
-
-    def cache(self, decoder: StaticDecoder) -> Any:
-        from transformers import DynamicCache
-
-        cache = DynamicCache(config=decoder.model.config)
-        layer = _layer_class()
-        cache.layers = [layer(k, v, self.pos) for k, v in self.kv]
-        return cache
 
 
 class StaticDecoder:
@@ -220,12 +87,12 @@ class StaticDecoder:
         self.pad = int(pad_token_id)
         self.cuda_graphs = (self.device.type == "cuda") if cuda_graphs is None else (
             cuda_graphs and self.device.type == "cuda")
-        self.cache_kw = _cache_kwarg(model)
+        self.cache_kw = cache_kwarg(model)
         self.sdpa = (getattr(model.config, "_attn_implementation", None) or "eager") == "sdpa"
         self.keep_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
         self.max_slots = max_slots
         self.memory_fraction = memory_fraction
-        self._slots: OrderedDict[tuple[Any, ...], _Slot] = OrderedDict()
+        self._slots: OrderedDict[tuple[Any, ...], Slot] = OrderedDict()
         self.graph_failures: list[str] = []
         """Why a capture failed (decoding then ran eagerly); empty when graphs worked."""
         self.graphs_replayed = 0
@@ -263,7 +130,7 @@ class StaticDecoder:
         return 2 * cfg.num_hidden_layers * rows * length * heads * head_dim * size
 
     def _slot(self, rows: int, length: int, max_new: int,
-              sampling: tuple[bool, float, float]) -> _Slot:
+              sampling: tuple[bool, float, float]) -> Slot:
         key = (rows, length, max_new, sampling)
         slot = self._slots.get(key)
         if slot is None:
@@ -281,7 +148,8 @@ class StaticDecoder:
                         raise TooLarge(f"a static cache of {rows} rows x {length} positions "
                                        f"needs {need / 2**30:.1f} GiB; {free / 2**30:.1f} GiB "
                                        "are free")
-            slot = self._slots[key] = _Slot(self, rows, length, max_new, sampling)
+            slot = self._slots[key] = Slot(self.model, self.device, self.dtype, rows, length, max_new,
+                                                  sampling)
         self._slots.move_to_end(key)
         return slot
 
@@ -300,7 +168,7 @@ class StaticDecoder:
         low = torch.full((), torch.finfo(self.dtype).min, dtype=self.dtype, device=allowed.device)
         return torch.where(allowed, zero, low)
 
-    def _forward(self, slot: _Slot, cache: Any, ids: torch.Tensor, positions: torch.Tensor,
+    def _forward(self, slot: Slot, cache: Any, ids: torch.Tensor, positions: torch.Tensor,
                  allowed: torch.Tensor) -> torch.Tensor:
         """Logits ``[B, V]`` of the last input position; writes the inputs' states."""
         kwargs: dict[str, Any] = {self.cache_kw or "past_key_values": cache, "use_cache": True}
@@ -310,7 +178,7 @@ class StaticDecoder:
                          position_ids=positions, **kwargs)
         return out.logits[:, -1]
 
-    def _sample(self, slot: _Slot, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _sample(self, slot: Slot, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         import torch
 
         greedy, temperature, top_p = slot.sampling
@@ -321,9 +189,7 @@ class StaticDecoder:
         else:
             probs = torch.softmax(logits / temperature, dim=-1)
             if top_p < 1.0:
-                from scoreops.rollout.hf import _top_p_filter
-
-                probs = _top_p_filter(probs, top_p)
+                probs = top_p_filter(probs, top_p)
             cdf = probs.double().cumsum(dim=-1)
             u = uniform_from_seeds(slot.seed_lo, slot.seed_hi, slot.step)
             draws = (u * cdf[:, -1]).unsqueeze(-1)
@@ -331,7 +197,7 @@ class StaticDecoder:
             tokens = tokens.clamp(max=probs.shape[-1] - 1)
         return tokens, logp.gather(-1, tokens[:, None]).squeeze(-1)
 
-    def _record(self, slot: _Slot, tokens: torch.Tensor, logp: torch.Tensor) -> None:
+    def _record(self, slot: Slot, tokens: torch.Tensor, logp: torch.Tensor) -> None:
         import torch
 
         tokens = torch.where(slot.finished, torch.full_like(tokens, self.pad), tokens)
@@ -340,7 +206,7 @@ class StaticDecoder:
         slot.finished |= torch.isin(tokens, self.eos)
         slot.tok.copy_(tokens)
 
-    def _decode_step(self, slot: _Slot, cache: Any) -> None:
+    def _decode_step(self, slot: Slot, cache: Any) -> None:
         """Feed ``slot.tok`` at column ``slot.pos``, sample the next token (no host sync)."""
         slot.valid.index_fill_(1, slot.pos, True)
         allowed = slot.valid[:, None, None, :]
@@ -360,8 +226,6 @@ class StaticDecoder:
         """Decode ``prompts`` (each row left-padded to the longest). ``prefix[i]``, when given,
         is ``(u, layers)``: the states of row i's first ``u`` prompt tokens (per layer keys and
         values ``[H, ≥u, D]``), which are then not recomputed."""
-        import torch
-
         n = len(prompts)
         width = max(len(p) for p in prompts)
         rows = self.bucket_rows(n)
@@ -372,68 +236,13 @@ class StaticDecoder:
         # the cached span is left of every row's uncached tail (see HFEngine._cached_prefix)
         span = min(width - (len(p) - c) for p, c in zip(prompts, cached, strict=True))
         span = max(0, span)
-        ids = torch.full((rows, width), self.pad, dtype=torch.long)
-        real = torch.zeros((rows, width), dtype=torch.bool)
-        for i, p in enumerate(prompts):
-            ids[i, width - len(p):] = torch.tensor(p, dtype=torch.long)
-            real[i, width - len(p):] = True
-        for i in range(n, rows):  # padding rows: one pad token each
-            real[i, width - 1] = True
-        lo = torch.tensor([s & _M32 for s in seeds] + [0] * (rows - n), dtype=torch.long)
-        hi = torch.tensor([(s >> 32) & _M32 for s in seeds] + [0] * (rows - n),
-                          dtype=torch.long)
-        dev = self.device
-        ids, real = ids.to(dev), real.to(dev)
+        ids, real = self._left_padded(prompts, rows, width)
         with self._no_determinism():
-            slot.valid.zero_()
-            slot.valid[:, :width] = real
-            slot.finished.zero_()
-            slot.out_tokens.fill_(self.pad)
-            slot.out_logp.zero_()
-            slot.seed_lo.copy_(lo)
-            slot.seed_hi.copy_(hi)
-            slot.step.zero_()
+            self._reset(slot, real, seeds, width)
             if prefix is not None and span > 0:
-                for i, entry in enumerate(prefix):
-                    if entry is None:
-                        continue
-                    u, layers = entry
-                    used = min(u, span - (width - len(prompts[i])))
-                    if used <= 0:
-                        continue
-                    for (k, v), (sk, sv) in zip(slot.kv, layers, strict=True):
-                        k[i, :, span - used:span] = sk[:, :used]
-                        v[i, :, span - used:span] = sv[:, :used]
-            # prefill the tail: column c of row b sees the real columns <= c, and itself
-            slot.pos.fill_(span)
-            cols = torch.arange(length, device=dev)
-            qpos = torch.arange(span, width, device=dev)
-            causal = cols[None, :] <= qpos[:, None]
-            allowed = (slot.valid[:, None, None, :] & causal[None, None]) | (
-                cols[None, None, None, :] == qpos[None, None, :, None])
-            positions = (real.long().cumsum(-1) - 1).clamp(min=0)
-            cache = slot.cache(self)
-            logits = self._forward(slot, cache, ids[:, span:], positions[:, span:], allowed)
-            tokens, logp = self._sample(slot, logits)
-            self._record(slot, tokens, logp)
-            slot.pos.fill_(width)
-            slot.pos_ids.copy_(real.long().sum(-1, keepdim=True))
-            steps = 1
-            graphed = self.cuda_graphs and max_new_tokens > 2
-            while steps < max_new_tokens:
-                if steps % GRAPH_CHECK_EVERY == 0 and bool(slot.finished[:n].all()):
-                    break
-                if graphed and slot.graph is None:
-                    self._warm_up_step(slot, cache)  # a real step, on a side stream
-                    steps += 1
-                    graphed = self._capture(slot, cache)
-                    continue
-                if graphed:
-                    slot.graph.replay()
-                    self.graphs_replayed += 1
-                else:
-                    self._decode_step(slot, cache)
-                steps += 1
+                _load_prefix(slot, prefix, [width - len(p) for p in prompts], span)
+            cache = self._prefill(slot, ids, real, span)
+            steps = self._decode_steps(slot, cache, n, max_new_tokens)
             out = slot.out_tokens[:n, :steps].tolist()
             lps = slot.out_logp[:n, :steps].tolist()
         eos = set(self.eos.tolist())
@@ -446,7 +255,81 @@ class StaticDecoder:
             stopped.append(end >= 0)
         return DecodeResult(tokens_out, logps_out, stopped, slot.kv, steps - 1)
 
-    def _capture(self, slot: _Slot, cache: Any) -> bool:
+    def _left_padded(self, prompts: list[list[int]], rows: int,
+                     width: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(ids, real)`` on the device: the prompts left-padded to ``width`` in ``rows``
+        rows, and which columns hold prompt tokens (padding rows: one pad token each)."""
+        import torch
+
+        ids = torch.full((rows, width), self.pad, dtype=torch.long)
+        real = torch.zeros((rows, width), dtype=torch.bool)
+        for i, p in enumerate(prompts):
+            ids[i, width - len(p):] = torch.tensor(p, dtype=torch.long)
+            real[i, width - len(p):] = True
+        for i in range(len(prompts), rows):
+            real[i, width - 1] = True
+        return ids.to(self.device), real.to(self.device)
+
+    def _reset(self, slot: Slot, real: torch.Tensor, seeds: list[int], width: int) -> None:
+        """Clear ``slot``'s buffers for a new batch: its valid columns, per-row seeds, outputs."""
+        import torch
+
+        pad_rows = [0] * (slot.rows - len(seeds))
+        lo = torch.tensor([seed_halves(s)[0] for s in seeds] + pad_rows, dtype=torch.long)
+        hi = torch.tensor([seed_halves(s)[1] for s in seeds] + pad_rows, dtype=torch.long)
+        slot.valid.zero_()
+        slot.valid[:, :width] = real
+        slot.finished.zero_()
+        slot.out_tokens.fill_(self.pad)
+        slot.out_logp.zero_()
+        slot.seed_lo.copy_(lo)
+        slot.seed_hi.copy_(hi)
+        slot.step.zero_()
+
+    def _prefill(self, slot: Slot, ids: torch.Tensor, real: torch.Tensor, span: int) -> Any:
+        """Run the prompt columns from ``span`` on (column c of row b sees the real columns
+        <= c, and itself) and sample the first token; the cache to decode on."""
+        import torch
+
+        width, dev = ids.shape[1], self.device
+        slot.pos.fill_(span)
+        cols = torch.arange(slot.length, device=dev)
+        qpos = torch.arange(span, width, device=dev)
+        causal = cols[None, :] <= qpos[:, None]
+        allowed = (slot.valid[:, None, None, :] & causal[None, None]) | (
+            cols[None, None, None, :] == qpos[None, None, :, None])
+        positions = (real.long().cumsum(-1) - 1).clamp(min=0)
+        cache = slot.cache()
+        logits = self._forward(slot, cache, ids[:, span:], positions[:, span:], allowed)
+        tokens, logp = self._sample(slot, logits)
+        self._record(slot, tokens, logp)
+        slot.pos.fill_(width)
+        slot.pos_ids.copy_(real.long().sum(-1, keepdim=True))
+        return cache
+
+    def _decode_steps(self, slot: Slot, cache: Any, n: int, max_new_tokens: int) -> int:
+        """Decode after the prefill until ``max_new_tokens`` or every real row of ``n``
+        finished (checked every :data:`GRAPH_CHECK_EVERY` steps), replaying a captured CUDA
+        graph where it can; the number of tokens decoded, the prefill's included."""
+        steps = 1
+        graphed = self.cuda_graphs and max_new_tokens > 2
+        while steps < max_new_tokens:
+            if steps % GRAPH_CHECK_EVERY == 0 and bool(slot.finished[:n].all()):
+                break
+            if graphed and slot.graph is None:
+                self._warm_up_step(slot, cache)  # a real step, on a side stream
+                steps += 1
+                graphed = self._capture(slot, cache)
+                continue
+            if graphed:
+                slot.graph.replay()
+                self.graphs_replayed += 1
+            else:
+                self._decode_step(slot, cache)
+            steps += 1
+        return steps
+
+    def _capture(self, slot: Slot, cache: Any) -> bool:
         """Capture one decoding step of ``slot`` as a CUDA graph (its warm-up step ran just
         before, on the current stream); ``False`` (decode eagerly) if capture fails."""
         import torch
@@ -471,7 +354,7 @@ class StaticDecoder:
         slot.graph = graph  # capture recorded the step without running it
         return True
 
-    def _warm_up_step(self, slot: _Slot, cache: Any) -> None:
+    def _warm_up_step(self, slot: Slot, cache: Any) -> None:
         import torch
 
         side = torch.cuda.Stream(self.device)
@@ -495,3 +378,19 @@ class StaticDecoder:
         finally:
             if was:
                 torch.use_deterministic_algorithms(True, warn_only=warn)
+
+
+def _load_prefix(slot: Slot, prefix: Sequence[tuple[int, list[tuple[torch.Tensor, torch.Tensor]]]
+                                                | None], pads: Sequence[int], span: int) -> None:
+    """Copy each row's cached prompt states into ``slot``'s cache, right-aligned to end at
+    column ``span`` (row i's prompt starts at column ``pads[i]``)."""
+    for i, entry in enumerate(prefix):
+        if entry is None:
+            continue
+        u, layers = entry
+        used = min(u, span - pads[i])
+        if used <= 0:
+            continue
+        for (k, v), (sk, sv) in zip(slot.kv, layers, strict=True):
+            k[i, :, span - used:span] = sk[:, :used]
+            v[i, :, span - used:span] = sv[:, :used]

@@ -17,7 +17,8 @@ algorithm run unchanged on it. The same code runs on a CUDA GPU (``vllm``) and o
   engine sleeps at level 2 (weights and KV cache released, nothing copied to the host); the
   next :meth:`sync_weights` wakes only the weights (``wake_up(tags=["weights"])``) and loads
   the new ones into them, and the next :meth:`generate` wakes the KV cache.
-* **Memory**: ``max_model_len`` is what one episode needs (:func:`derive_max_model_len`:
+* **Memory** (:mod:`scoreops.rollout.vllm_memory`): ``max_model_len`` is what one episode
+  needs (:func:`derive_max_model_len`:
   longest prompt + turns × max new tokens + the correction instruction's tokens). On GPU the
   engine takes ``gpu_memory_utilization`` of the device; on CPU (where that knob is a share
   of host RAM) the KV cache is sized from ``max_model_len`` × ``kv_sequences`` instead.
@@ -36,11 +37,17 @@ import logging
 import os
 import warnings
 import weakref
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from scoreops.rollout.chat import continuation_ids, encode_conversation
+from scoreops.rollout.chat import encode_conversation
 from scoreops.rollout.types import Completion, Conversation, SamplingParams
+from scoreops.rollout.vllm_memory import (
+    DEFAULT_KV_SEQUENCES,
+    check_cpu_head_dim,
+    cpu_kv_budget,
+    derive_max_model_len,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -49,15 +56,12 @@ if TYPE_CHECKING:
 __all__ = [
     "VLLMEngine",
     "derive_max_model_len",
-    "kv_cache_bytes",
     "release_generation_memory",
     "vllm_sampling_kwargs",
 ]
 
 log = logging.getLogger("scoreops.rollout.vllm")
 
-#: sequences whose full context the CPU KV cache holds at once (more requests queue)
-DEFAULT_KV_SEQUENCES = 16
 
 
 def release_generation_memory(engine: Any) -> None:
@@ -91,84 +95,6 @@ def vllm_sampling_kwargs(params: SamplingParams, seed: int | None) -> dict[str, 
     if seed is not None and not params.greedy:
         kwargs["seed"] = seed
     return kwargs
-
-
-def derive_max_model_len(
-    tokenizer: PreTrainedTokenizerBase,
-    questions: Iterable[str],
-    *,
-    turns: int,
-    max_new_tokens: int,
-    instruction: str,
-    system_prompt: str | None = None,
-    model_max: int | None = None,
-) -> int:
-    """Context one episode needs: the longest turn-1 prompt + ``turns`` × ``max_new_tokens`` +
-    ``turns - 1`` times the tokens the chat template puts between an answer and the next
-    generation prompt (end of turn, the instruction, the assistant header).
-
-    Capped at ``model_max`` (the model's own context), where given.
-    """
-    longest = 0
-    history: Conversation = []
-    for q in questions:
-        conv: Conversation = [{"role": "system", "content": system_prompt}] if system_prompt \
-            else []
-        conv.append({"role": "user", "content": q})
-        n = len(encode_conversation(tokenizer, conv))
-        if n > longest:
-            longest, history = n, conv
-    if not history:
-        raise ValueError("no questions to size the context from")
-    base = encode_conversation(tokenizer, history)
-    # the tail after an answer cut by the length limit (the end-of-turn token is added)
-    tail = len(continuation_ids(tokenizer, history, base, [],
-                                [{"role": "user", "content": instruction}])) - len(base)
-    need = longest + turns * max_new_tokens + (turns - 1) * tail
-    if model_max is not None and need > model_max:
-        log.warning("an episode can need %d tokens (longest prompt %d + %d turns x %d new "
-                    "tokens); the model's context is %d, so long episodes will be cut",
-                    need, longest, turns, max_new_tokens, model_max)
-        return int(model_max)
-    return int(need)
-
-
-def kv_cache_bytes(hf_config: Any, max_model_len: int, dtype: str,
-                   sequences: int = DEFAULT_KV_SEQUENCES) -> int:
-    """Bytes of KV cache for ``sequences`` sequences of ``max_model_len`` tokens (keys and
-    values of every layer)."""
-    import torch
-
-    cfg = getattr(hf_config, "text_config", None) or hf_config
-    kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
-    head_dim = _head_dim(hf_config)
-    itemsize = torch.empty((), dtype=getattr(torch, dtype)).element_size()
-    per_token = 2 * cfg.num_hidden_layers * kv_heads * head_dim * itemsize
-    return int(per_token * max_model_len * max(1, sequences))
-
-
-#: head sizes vLLM's CPU attention kernels implement (vllm/v1/attention/backends/cpu_attn.py)
-CPU_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
-
-
-def _head_dim(hf_config: Any) -> int:
-    cfg = getattr(hf_config, "text_config", None) or hf_config
-    return int(getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
-
-
-def _check_cpu_head_dim(hf_config: Any, path: str) -> None:
-    if _head_dim(hf_config) not in CPU_HEAD_SIZES:
-        raise ValueError(
-            f"{path}: attention head size {_head_dim(hf_config)} is not one vLLM's CPU kernels "
-            f"implement ({', '.join(map(str, CPU_HEAD_SIZES))}); use engine hf for this model")
-
-
-def _cpu_kv_budget(hf_config: Any, max_model_len: int, dtype: str, sequences: int) -> int:
-    """KV bytes for ``sequences`` full-length sequences, but no more than a quarter of the
-    host's available memory (and never less than one sequence: vLLM refuses that)."""
-    one = kv_cache_bytes(hf_config, max_model_len, dtype, 1)
-    available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    return max(one, min(one * max(1, sequences), available // 4))
 
 
 def _request_seed(base: int, conversation: int, sample: int) -> int:
@@ -352,8 +278,8 @@ class VLLMEngine:
             if max_model_len is None:
                 raise ValueError("max_model_len is needed to size the KV cache on CPU")
             hf_config = AutoConfig.from_pretrained(path)
-            _check_cpu_head_dim(hf_config, path)
-            kwargs["kv_cache_memory_bytes"] = _cpu_kv_budget(hf_config, max_model_len, dtype,
+            check_cpu_head_dim(hf_config, path)
+            kwargs["kv_cache_memory_bytes"] = cpu_kv_budget(hf_config, max_model_len, dtype,
                                                              kv_sequences)
         else:
             kwargs["gpu_memory_utilization"] = gpu_memory_utilization

@@ -5,7 +5,7 @@ Every algorithm and the loop talk to an :class:`OptimizerBackend` only:
 * ``forward_module`` — what forward passes run through (the policy, or the DeepSpeed engine);
 * ``backward(loss)`` — accumulate gradients of one micro-batch (the loss already weighted by
   the micro-batch's share of the step, see
-  :func:`scoreops.training.algorithms.backward_micro_batches`);
+  :func:`scoreops.training.steps.backward.backward_micro_batches`);
 * ``step() -> grad norm`` — the boundary of a step: average gradients over ranks, clip to
   ``optim.maxGradNorm``, optimiser and scheduler step; returns the norm before clipping;
 * ``autocast()`` — the context every forward pass of a step runs in (bf16/fp16 autocast over
@@ -33,6 +33,8 @@ import contextlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
+
+from scoreops.api.common import TORCH_DTYPE
 
 if TYPE_CHECKING:
     import torch
@@ -84,7 +86,7 @@ class OptimizerBackend(Protocol):
     def close(self) -> None: ...
 
 
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = tuple(TORCH_DTYPE)
 
 
 def compute_dtype(precision: str) -> torch.dtype | None:
@@ -94,7 +96,7 @@ def compute_dtype(precision: str) -> torch.dtype | None:
     if precision not in PRECISIONS:
         raise ValueError(f"resources.precision must be one of {', '.join(PRECISIONS)}, "
                          f"got {precision!r}")
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    return None if precision == "fp32" else getattr(torch, TORCH_DTYPE[precision])
 
 
 class TorchBackend:

@@ -14,7 +14,7 @@ backward passes; here the number of micro-batches can differ between ranks (MGRP
 keeps a data-dependent number of groups, STaR a data-dependent number of solutions), so one
 reduction per step after all of them is what is correct. (DeepSpeed ZeRO-2/3 does reduce in
 every backward; there the ranks pad to the same number of micro-batches, see
-:func:`scoreops.training.algorithms.backward_micro_batches`.)
+:func:`scoreops.training.steps.backward.backward_micro_batches`.)
 
 Averaged per-rank gradients equal the single-process gradient of the global batch because each
 micro-batch's loss is weighted by its rows' share of the **global** rows of its loss term

@@ -36,7 +36,7 @@ def evaluate_items(
 
     The second attempt follows ``instruction`` (a new user turn), or with ``guide_phrases``
     a guide phrase (MGRPO's training distribution: phrase ``i % len`` for item i, in
-    ``guide_form``, see :func:`scoreops.training.mgrpo.guided_corrections`; two turns), or
+    ``guide_form``, see :func:`scoreops.rollout.continuation.guided_corrections`; two turns), or
     with ``feedback="oracle"`` the verifier's verdict before the instruction (extrinsic).
 
     Each record holds the question, the gold answer, every turn's output (for the same-turn
@@ -46,6 +46,7 @@ def evaluate_items(
     from scoreops.metrics import correction_metrics
     from scoreops.rewards import extract_final_answer
     from scoreops.rollout import SamplingParams, run_episodes
+    from scoreops.rollout.continuation import guided_corrections, oracle_turns
 
     params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0, n=1, seed=0)
     special = guide_phrases is not None or feedback == "oracle"
@@ -55,14 +56,10 @@ def evaluate_items(
     )
     texts = [[t.text for t in ep.turns] for ep in episodes]
     if guide_phrases is not None and turns >= 2:
-        from scoreops.training.mgrpo import guided_corrections
-
         phrases = [guide_phrases[ep.question_index % len(guide_phrases)] for ep in episodes]
         _, answers = guided_corrections(engine, episodes, phrases, params, form=guide_form)
         texts = [[*tx, a] for tx, a in zip(texts, answers, strict=True)]
     elif feedback == "oracle" and turns >= 2:
-        from scoreops.training.algorithms import oracle_turns
-
         episodes = oracle_turns(engine, episodes, [items[ep.question_index] for ep in episodes],
                                 verifier, instruction, turns, params)
         texts = [[t.text for t in ep.turns] for ep in episodes]

@@ -5,16 +5,14 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import signal
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from scoreops.api.base import now_rfc3339
+from scoreops.algorithms.registry import algorithm_traits
 from scoreops.training.checkpoint import (
     CheckpointMismatch,
     TrainerState,
@@ -24,24 +22,23 @@ from scoreops.training.checkpoint import (
     spec_digest,
 )
 from scoreops.training.context import DistEnv, StepContext
+from scoreops.training.outputs import RunOutputs
+from scoreops.training.setup import (
+    RunFailed,
+    load_models,
+    load_split,
+    make_engine,
+    pick_device,
+    run_dtypes,
+)
 
 if TYPE_CHECKING:
     from scoreops.api.scorerun import ScoreRun
-    from scoreops.data import Item
     from scoreops.training.backend import OptimizerBackend
     from scoreops.training.evaluation import EvalResult
+    from scoreops.training.steps import TrainingStep
 
 StepCallback = Callable[[dict[str, Any]], None]
-
-
-def _torch_dtype(name: str) -> Any:
-    import torch
-
-    return getattr(torch, name)
-
-
-class RunFailed(RuntimeError):
-    """The run stopped for a reason worth showing the user (and the resource's status)."""
 
 
 @dataclass
@@ -52,16 +49,6 @@ class RunResult:
     metrics: list[dict[str, Any]] = field(default_factory=list)
     evals: dict[str, EvalResult] = field(default_factory=dict)
     final_model: str | None = None
-
-
-def _versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for pkg in ("scoreops", "torch", "transformers", "vllm", "deepspeed"):
-        with contextlib.suppress(PackageNotFoundError):
-            out[pkg] = version(pkg)
-    return out
 
 
 def lr_lambda(total: int, warmup_ratio: float, schedule: str) -> Callable[[int], float]:
@@ -80,38 +67,6 @@ def lr_lambda(total: int, warmup_ratio: float, schedule: str) -> Callable[[int],
     return f
 
 
-def load_split(run: ScoreRun) -> tuple[list[Item], list[Item]]:
-    """Training and held-out items of a run (no question in both)."""
-    from scoreops.data import generate_items, load_items, split_train_eval
-
-    ds = run.spec.dataset
-
-    def load(src: Any) -> list[Item]:
-        if src.generator is not None:
-            g = src.generator
-            return generate_items(g.task, g.size, g.seed, g.config)
-        return load_items(src.uri)
-
-    train = load(ds.train)
-    if ds.eval is not None:
-        held = load(ds.eval)
-        seen = {_norm(i.question) for i in held}
-        train = [i for i in train if _norm(i.question) not in seen]
-    elif ds.eval_size > 0:
-        train, held = split_train_eval(train, ds.eval_size, ds.seed)
-    else:
-        held = []
-    if not train:
-        raise RunFailed("the training set is empty after removing held-out questions")
-    return train, held
-
-
-def _norm(q: str) -> str:
-    from scoreops.data import normalize_question
-
-    return normalize_question(q)
-
-
 class Trainer:
     """Runs one ScoreRun in this process (one rank of it when distributed)."""
 
@@ -126,120 +81,41 @@ class Trainer:
         self.fresh = fresh
         self.dist = DistEnv.from_environ()
         self.digest = spec_digest(self.spec.to_wire())
+        self.traits = algorithm_traits(self.spec.algorithm.name)
         self._stop = False
         self.metrics: list[dict[str, Any]] = []
-        self._last_checkpoint: str | None = None
+        self.out = RunOutputs(run, self.output, self.dist)
         self._backend: OptimizerBackend | None = None
 
     # -- outputs ----------------------------------------------------------------------------
 
-    def _uri(self, *parts: str) -> str:
-        from scoreops import storage
-
-        return storage.join(self.output, *parts)
-
-    def write_progress(self, phase: str, *, step: int, stage: str | None,
-                       message: str = "", last: dict[str, Any] | None = None,
-                       evals: dict[str, Any] | None = None, checkpoint: str | None = None) -> None:
-        """``progress.json``: what the operator mirrors into the resource's status."""
-        if not self.dist.is_main:
-            return
-        from scoreops import storage
-
-        last = last or {}
-        trained = (evals or {}).get("trained")
-        doc = {
-            "phase": phase,
-            "stage": stage,
-            "step": step,
-            "total_steps": self.spec.algorithm.total_steps(),
-            "reward_t1": last.get("reward_t1"),
-            "reward_t2": last.get("reward_t2"),
-            "acc_t1": trained.metrics.acc_t1 if trained else None,
-            "acc_t2": trained.metrics.acc_t2 if trained else None,
-            "last_checkpoint": checkpoint or self._last_checkpoint,
-            "results_uri": self.output,
-            "updated": now_rfc3339(),
-            "message": message,
-            "versions": _versions(),
-        }
-        storage.write_json(self._uri("progress.json"), doc)
-
     # -- setup ------------------------------------------------------------------------------
 
     def _setup(self) -> StepContext:
+        """The device, the models, the data, the verifier and the rollout engine of the run."""
         import torch
         from transformers.utils import logging as hf_logging
 
-        from scoreops.models import load_model
         from scoreops.rewards import auto_verifier_kind, make_verifier
-        from scoreops.rollout import HFEngine
 
         hf_logging.disable_progress_bar()
         torch.manual_seed(self.spec.seed)
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        device = torch.device("cuda", self.dist.local_rank) if torch.cuda.is_available() \
-            and self.spec.resources.gpus_per_worker > 0 else torch.device("cpu")
-        if device.type == "cuda":
-            # deterministic cuBLAS needs a fixed workspace; filling every torch.empty with NaN
-            # (a deterministic-mode default) costs a kernel per allocation and buys nothing
-            # here. Ops without a deterministic kernel run anyway (warn_only) without a warning
-            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-            torch.utils.deterministic.fill_uninitialized_memory = False  # type: ignore[attr-defined]
-            warnings.filterwarnings("ignore", message=".*does not have a deterministic")
-        if device.type == "cpu":
-            # accelerate's unwrap_model (inside save_pretrained) imports DeepSpeed when it is
-            # installed; told the accelerator, DeepSpeed does not probe for a GPU and warn
-            os.environ.setdefault("DS_ACCELERATOR", "cpu")
-        if self.dist.distributed:
-            from scoreops.training.distributed import init_process_group
-
-            init_process_group(device)
-        precision = self.spec.resources.precision
-        deepspeed = self.spec.resources.deepspeed
-        # the compute precision (fp32 on CPU); the plain-torch backend keeps fp32 master weights
-        # and computes under autocast, DeepSpeed holds the module in the compute precision
-        dtype = "float32" if device.type == "cpu" else {
-            "bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}[precision]
-        master = "float32" if deepspeed == "none" else dtype
+        device = pick_device(self.spec, self.dist)
+        dtype, master = run_dtypes(self.spec, device)
         self.on_event({"event": "loading", "what": f"model {self.spec.model.uri}"})
-        policy, tokenizer = load_model(self.spec.model.uri, dtype=master, device=str(device))
-        reference = None
-        if self._needs_reference():  # frozen: kept in the compute precision
-            reference, _ = load_model(self.spec.model.uri, dtype=dtype, device=str(device))
-            reference.eval().requires_grad_(False)
+        policy, tokenizer, reference = load_models(self.spec, self.traits, device, dtype=dtype,
+                                                   master=master)
         self.on_event({"event": "loading", "what": "data"})
         train, held = load_split(self.run)
         kind = self.spec.dataset.verifier
         verifier = make_verifier(auto_verifier_kind(train[0]) if kind == "auto" else kind)
-        engine: Any
-        if self.spec.rollout.engine == "vllm":
-            from scoreops.rollout.vllm import VLLMEngine
-
-            # max_model_len: the longest prompt + turns x maxNewTokens (+ instructions)
-            engine = VLLMEngine.colocated(policy, tokenizer, self.spec.rollout,
-                                          questions=[i.question for i in (*train, *held)])
-        else:
-            generator = policy
-            cory = self.spec.algorithm.name == "cory"
-            if deepspeed == "zero3" or (master != dtype and not cory):
-                # ZeRO-3 partitions the policy's parameters across ranks, and fp32 master
-                # weights would generate at fp32 speed: generation runs on a full copy in the
-                # compute precision that OptimizerBackend.sync_rollout refreshes after every
-                # step (cory's adapters hook the policy itself, so it generates with it)
-                generator, _ = load_model(self.spec.model.uri, dtype=dtype, device=str(device))
-                generator.eval().requires_grad_(False)
-            # cory switches LoRA adapters between turns without touching the weights the
-            # prefix cache fingerprints, so it must not reuse a turn's keys across roles; on a
-            # GPU, decoding runs on a static cache with CUDA graphs (not for cory's hooks)
-            engine = HFEngine(generator, tokenizer,
-                              max_batch_size=64 if device.type == "cpu" else 256,
-                              prefix_cache=not cory)
+        engine = make_engine(self.spec, self.traits, policy, tokenizer, device, dtype=dtype,
+                             master=master, questions=[i.question for i in (*train, *held)])
         self.held_out = held
         return StepContext(spec=self.spec, policy=policy, reference=reference,
                            tokenizer=tokenizer, engine=engine, verifier=verifier,
                            train_items=train, device=device, dist=self.dist,
-                           rollout_dtype=_torch_dtype(dtype))
+                           rollout_dtype=getattr(torch, dtype))
 
     def _make_backend(self, ctx: StepContext) -> OptimizerBackend:
         """AdamW and the learning-rate schedule behind the spec's optimiser backend (plain
@@ -261,13 +137,6 @@ class Trainer:
         return make_backend(self.spec, ctx.policy, optimizer, scheduler, device=ctx.device,
                             rank=self.dist.rank, world_size=self.dist.world_size,
                             local_rank=self.dist.local_rank)
-
-    def _needs_reference(self) -> bool:
-        alg = self.spec.algorithm
-        cfg = alg.config
-        betas = [getattr(cfg, n, 0.0) for n in ("beta", "beta1", "beta2")]
-        # star fine-tunes without KL; cory's reference is its own base with adapters off
-        return alg.name not in ("star", "cory") and any(b > 0 for b in betas)
 
     def request_stop(self, *_: Any) -> None:
         """Finish the current step, checkpoint, and return (Ctrl-C / SIGTERM)."""
@@ -304,14 +173,11 @@ class Trainer:
 
     def _run_training(self) -> RunResult:
         from scoreops import storage
-        from scoreops.training.algorithms import make_algorithm
+        from scoreops.training.steps import make_algorithm
 
         ctx = self._setup()
         algorithm = make_algorithm(self.spec)
-        prepare = getattr(algorithm, "prepare", None)
-        if prepare is not None:  # e.g. cory attaches its adapters before the optimiser is built
-            prepare(ctx)
-        total = self.spec.algorithm.total_steps()
+        algorithm.prepare(ctx)  # e.g. cory attaches its adapters before the optimiser is built
         backend = self._backend = ctx.backend = self._make_backend(ctx)
         evals: dict[str, EvalResult] = {}
         if self.spec.evaluation.enabled and self.spec.evaluation.compare_base and self.held_out:
@@ -319,53 +185,74 @@ class Trainer:
             evals["base"] = self._evaluate(ctx, "base", cache=not self.fresh)
         step = self._resume(ctx, backend)
         if self.dist.is_main:
-            storage.write_json(self._uri("spec.json"), self.run.to_wire())
-        tb = self._tensorboard()
-        self.write_progress("Running", step=step, stage=algorithm.stage(step))
+            storage.write_json(self.out.uri("spec.json"), self.run.to_wire())
+        tb = self.out.tensorboard()
+        self.out.write_progress("Running", step=step, stage=algorithm.stage(step))
+        step, last, stopped = self._train(ctx, algorithm, step, tb)
+        if stopped:
+            self.out.write_progress("Running", step=step, stage=algorithm.stage(step - 1),
+                                message="stopped on request; run again to resume", last=last)
+            return RunResult(self.output, step, interrupted=True, metrics=self.metrics)
+        return self._finish(ctx, algorithm, step, last, evals, tb)
+
+    def _train(self, ctx: StepContext, algorithm: TrainingStep, step: int,
+               tb: Any) -> tuple[int, dict[str, Any], bool]:
+        """Steps from ``step`` to the last one, or until a stop request (then checkpointed).
+        Returns the step reached, its metrics and whether the run stopped before the end."""
+        total = self.spec.algorithm.total_steps()
         last: dict[str, Any] = self.metrics[-1] if self.metrics else {}
         last_saved = step
         stopping = False
         try:
             while step < total and not (stopping := self._stop_agreed()):
-                t0 = time.perf_counter()
-                ctx.policy.train()
-                backend.zero_grad()
-                prompts = ctx.prompts_for_step(step)
-                stats = algorithm.backward(ctx, step, prompts)
-                if ctx.dist.distributed:
-                    from scoreops.training.distributed import all_reduce_stats
-
-                    stats = all_reduce_stats(stats)
-                grad_norm = backend.step()
-                backend.sync_rollout(ctx.engine)
-                stage = algorithm.stage(step)
+                last = self._step(ctx, algorithm, step)
                 step += 1
-                last = {"step": step, "stage": stage, "lr": backend.lr,
-                        "grad_norm": grad_norm, "seconds": time.perf_counter() - t0,
-                        **{k: float(v) for k, v in stats.items()}}
-                every = self.spec.evaluation.every_steps
-                if every and step % every == 0 and step < total and self.held_out:
-                    mid = self._evaluate(ctx, f"step-{step}")
-                    last["acc_t1"], last["acc_t2"] = mid.metrics.acc_t1, mid.metrics.acc_t2
                 self.metrics.append(last)
-                self._log_metrics(last, tb)
+                self.out.log_metrics(self.metrics, last, tb)
                 self.on_step(last)
                 ckpt = None
                 if step % self.spec.checkpoint.every_steps == 0 or step == total:
-                    ckpt = self._checkpoint(ctx, step, stage)
+                    ckpt = self._checkpoint(ctx, step, last["stage"])
                     last_saved = step
-                self.write_progress("Running", step=step, stage=stage, last=last, checkpoint=ckpt)
+                self.out.write_progress("Running", step=step, stage=last["stage"], last=last,
+                                    checkpoint=ckpt)
         except KeyboardInterrupt:
             stopping = self._stop = True
-        if stopping and step < total:
-            if last_saved != step:
-                self._checkpoint(ctx, step, algorithm.stage(step - 1))
-            self.write_progress("Running", step=step, stage=algorithm.stage(step - 1),
-                                message="stopped on request; run again to resume", last=last)
-            return RunResult(self.output, step, interrupted=True, metrics=self.metrics)
-        finalize = getattr(algorithm, "finalize", None)
-        if finalize is not None:  # e.g. cory merges its pioneer adapter into the weights
-            finalize(ctx, step)
+        stopped = stopping and step < total
+        if stopped and last_saved != step:
+            self._checkpoint(ctx, step, algorithm.stage(step - 1))
+        return step, last, stopped
+
+    def _step(self, ctx: StepContext, algorithm: TrainingStep, step: int) -> dict[str, Any]:
+        """One optimiser step (and a mid-run evaluation when one is due); its metrics."""
+        assert ctx.backend is not None
+        backend = ctx.backend
+        t0 = time.perf_counter()
+        ctx.policy.train()
+        backend.zero_grad()
+        prompts = ctx.prompts_for_step(step)
+        stats = algorithm.backward(ctx, step, prompts)
+        if ctx.dist.distributed:
+            from scoreops.training.distributed import all_reduce_stats
+
+            stats = all_reduce_stats(stats)
+        grad_norm = backend.step()
+        backend.sync_rollout(ctx.engine)
+        done = step + 1
+        last = {"step": done, "stage": algorithm.stage(step), "lr": backend.lr,
+                "grad_norm": grad_norm, "seconds": time.perf_counter() - t0,
+                **{k: float(v) for k, v in stats.items()}}
+        every = self.spec.evaluation.every_steps
+        if every and done % every == 0 and done < self.spec.algorithm.total_steps() \
+                and self.held_out:
+            mid = self._evaluate(ctx, f"step-{done}")
+            last["acc_t1"], last["acc_t2"] = mid.metrics.acc_t1, mid.metrics.acc_t2
+        return last
+
+    def _finish(self, ctx: StepContext, algorithm: TrainingStep, step: int,
+                last: dict[str, Any], evals: dict[str, EvalResult], tb: Any) -> RunResult:
+        """After the last step: the final model, its evaluation, the report and progress."""
+        algorithm.finalize(ctx, step)  # e.g. cory merges its pioneer adapter into the weights
         final_uri = self._save_final(ctx)
         if self.spec.evaluation.enabled and self.held_out:
             evals["trained"] = self._evaluate(ctx, "trained")
@@ -373,11 +260,11 @@ class Trainer:
             from scoreops.training.report import write_run_report
 
             write_run_report(self.output, self.run, self.metrics, evals)
-        self.write_progress("Succeeded", step=step, stage=algorithm.stage(max(0, step - 1)),
+        self.out.write_progress("Succeeded", step=step, stage=algorithm.stage(max(0, step - 1)),
                             last=last, evals=evals)
         if tb is not None:
             tb.close()
-            self._upload_tensorboard()
+            self.out.upload_tensorboard()
         return RunResult(self.output, step, metrics=self.metrics, evals=evals,
                          final_model=final_uri)
 
@@ -390,8 +277,8 @@ class Trainer:
         if self.fresh and self.dist.is_main:
             for u in list_checkpoints(self.output):
                 storage.delete_prefix(u)
-            if storage.exists(self._uri("metrics.jsonl")):
-                storage.delete(self._uri("metrics.jsonl"))
+            if storage.exists(self.out.uri("metrics.jsonl")):
+                storage.delete(self.out.uri("metrics.jsonl"))
         uri = ckpts[-1] if ckpts else None
         if self.dist.distributed:  # every rank resumes from the checkpoint rank 0 sees
             from scoreops.training.distributed import broadcast_object
@@ -409,9 +296,9 @@ class Trainer:
                 f"{self.output} holds checkpoints of a different spec (digest {state.digest}, "
                 f"this spec {self.digest}); use another spec.output.uri, or --fresh to discard them")
         backend.sync_rollout(ctx.engine)
-        self._last_checkpoint = uri
-        if storage.exists(self._uri("metrics.jsonl")):
-            lines = storage.read_text(self._uri("metrics.jsonl")).splitlines()
+        self.out.last_checkpoint = uri
+        if storage.exists(self.out.uri("metrics.jsonl")):
+            lines = storage.read_text(self.out.uri("metrics.jsonl")).splitlines()
             self.metrics = [json.loads(x) for x in lines[: state.metrics_lines] if x.strip()]
         self.on_event({"event": "resumed", "step": state.step, "checkpoint": uri})
         return state.step
@@ -427,58 +314,15 @@ class Trainer:
                                   keep=self.spec.checkpoint.keep, rank=self.dist.rank)
         except Exception as exc:
             msg = (f"could not write the checkpoint of step {step} to {self.output}: {exc}; "
-                   f"the previous complete checkpoint ({self._last_checkpoint}) is intact")
+                   f"the previous complete checkpoint ({self.out.last_checkpoint}) is intact")
             with contextlib.suppress(Exception):  # the storage may be what failed
-                self.write_progress("Failed", step=step, stage=stage, message=msg)
+                self.out.write_progress("Failed", step=step, stage=stage, message=msg)
             raise RunFailed(msg) from exc
         if not self.dist.is_main:
             return None
-        self._last_checkpoint = uri
+        self.out.last_checkpoint = uri
         self.on_event({"event": "checkpoint", "step": step, "uri": uri})
         return uri
-
-    def _log_metrics(self, m: dict[str, Any], tb: Any) -> None:
-        if not self.dist.is_main:
-            return
-        from scoreops import storage
-
-        storage.write_text(self._uri("metrics.jsonl"),
-                           "".join(json.dumps(x) + "\n" for x in self.metrics))
-        if tb is not None:
-            for k, v in m.items():
-                if isinstance(v, (int, float)) and k != "step":
-                    tb.add_scalar(k, v, m["step"])
-            tb.flush()
-
-    def _tensorboard(self) -> Any:
-        if not self.dist.is_main:
-            return None
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            return None
-        self._tb_dir = self._local_work_dir() / "tensorboard"
-        return SummaryWriter(str(self._tb_dir))
-
-    def _local_work_dir(self) -> Path:
-        import hashlib
-
-        from scoreops import storage
-
-        if not storage.is_remote(self.output):
-            return Path(storage.local_path(self.output))
-        key = hashlib.sha256(self.output.encode()).hexdigest()[:12]
-        d = Path.home() / ".cache" / "scoreops" / "work" / key
-        d.mkdir(parents=True, exist_ok=True)
-        return d
-
-    def _upload_tensorboard(self) -> None:
-        from scoreops import storage
-
-        if not storage.is_remote(self.output):
-            return
-        for f in sorted(self._tb_dir.glob("*")):
-            storage.upload_file(f, self._uri("tensorboard", f.name))
 
     def _save_final(self, ctx: StepContext) -> str | None:
         """The trained weights as a loadable model directory at ``<output>/final`` (every rank
@@ -491,7 +335,7 @@ class Trainer:
 
         from scoreops import storage
 
-        uri = self._uri("final")
+        uri = self.out.uri("final")
         with tempfile.TemporaryDirectory(prefix="scoreops-final-") as tmp:
             ctx.policy.save_pretrained(tmp, state_dict=weights)
             ctx.tokenizer.save_pretrained(tmp)
@@ -505,15 +349,15 @@ class Trainer:
         from scoreops.training.evaluation import EvalResult, evaluate_items
 
         ev = self.spec.evaluation
-        records_uri = self._uri("eval", f"{label}.jsonl")
+        records_uri = self.out.uri("eval", f"{label}.jsonl")
         if cache and storage.exists(records_uri):
             # the base model's evaluation does not change across restarts
             records = [json.loads(x) for x in storage.read_text(records_uri).splitlines() if x]
             return EvalResult(correction_metrics([r["correct"] for r in records]), records)
         self.on_event({"event": "evaluating", "what": label, "n": len(self.held_out)})
         ctx.policy.eval()
-        alg = self.spec.algorithm
-        guides = alg.mgrpo if alg.name == "mgrpo" else None  # MGRPO's second turn: a phrase
+        # MGRPO's second turn: a guide phrase, its training distribution
+        guides = self.spec.algorithm.config if self.traits.guided_second_turn else None
         res = evaluate_items(
             ctx.engine, self.held_out, ctx.verifier,
             instruction=self.spec.rollout.correction_instruction,

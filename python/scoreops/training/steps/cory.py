@@ -1,12 +1,13 @@
-"""CORY's optimiser step: a pioneer and an observer, two LoRA adapters on one frozen base.
+"""CORY's training step: a pioneer and an observer, two LoRA adapters on one frozen base.
 
 Memory: the base weights exist once and are frozen; each role is a pair of low-rank matrices
 (rank ``cory.loraRank``) on the attention projections, so the optimiser holds state for the
 adapters only, and the reference model of the KL term is the base itself (adapters switched
 off) — no second copy of the model is loaded. The adapters are a small built-in LoRA
-(:class:`DualLoRA`: forward hooks that add ``scale · x Aᵀ Bᵀ`` of the active adapter to each
-target projection), not peft: switching the active adapter is one attribute, and the base
-model stays an ordinary transformers model that the HF engine generates with.
+(:class:`scoreops.training.lora.DualLoRA`: forward hooks that add ``scale · x Aᵀ Bᵀ`` of the
+active adapter to each target projection), not peft: switching the active adapter is one
+attribute, and the base model stays an ordinary transformers model that the HF engine
+generates with.
 
 Per step (see :mod:`scoreops.algorithms.cory`): the pioneer adapter answers each prompt G times
 (turn 1); the observer adapter answers after the question, the pioneer's answer and the
@@ -21,17 +22,15 @@ and both adapters. vLLM rollouts and multi-process runs are not supported with C
 
 from __future__ import annotations
 
-import contextlib
-import functools
-from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from scoreops.training.algorithms import (
-    LossTerm,
-    _rollout_stats,
-    backward_micro_batches,
-    micro_batch_rows,
-    register,
+from scoreops.rollout.continuation import extend_episodes
+from scoreops.training.steps import TrainingStep, register
+from scoreops.training.steps.backward import LossTerm, backward_micro_batches, micro_batch_rows
+from scoreops.training.steps.rollouts import (
+    MAX_SEQUENCE_TOKENS,
+    Rollout,
+    rollout_stats,
     sample_episodes,
 )
 
@@ -45,100 +44,12 @@ if TYPE_CHECKING:
 __all__ = ["ADAPTER_MODULE", "CoryAlgorithm"]
 
 ADAPTER_MODULE = "cory_adapters"
-DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
-
-
-@functools.cache
-def _lora_module_class() -> type:
-    import math
-
-    import torch
-    from torch import nn
-
-    class DualLoRA(nn.Module):
-        """LoRA adapters (one per name) on the ``targets`` linear layers of ``model``.
-
-        ``A`` is initialised like a linear layer, ``B`` at zero, so every adapter starts as the
-        identity change. Only the active adapter (:meth:`use`) contributes; ``None`` is the
-        plain base model. Registered as a submodule of ``model``, the adapters travel in its
-        ``state_dict`` (checkpoints) and its ``parameters()`` (the optimiser).
-        """
-
-        def __init__(self, model: nn.Module, names: Sequence[str], rank: int,
-                     targets: Sequence[str] = DEFAULT_TARGETS, alpha_over_rank: float = 2.0,
-                     seed: int = 0) -> None:
-            super().__init__()
-            self.names = tuple(names)
-            self.active: str | None = None
-            self.scale = alpha_over_rank
-            self.layers: list[str] = []
-            self.A = nn.ParameterDict()
-            self.B = nn.ParameterDict()
-            self._handles: list[Any] = []
-            gen = torch.Generator().manual_seed(seed)
-            for path, mod in model.named_modules():
-                if not isinstance(mod, nn.Linear) or path.rsplit(".", 1)[-1] not in targets:
-                    continue
-                r = min(rank, mod.in_features, mod.out_features)
-                key = path.replace(".", "__")
-                for n in self.names:
-                    a = torch.empty(r, mod.in_features, dtype=mod.weight.dtype)
-                    bound = 1.0 / math.sqrt(mod.in_features)
-                    a.uniform_(-bound, bound, generator=gen)
-                    self.A[f"{key}__{n}"] = nn.Parameter(a.to(mod.weight.device))
-                    self.B[f"{key}__{n}"] = nn.Parameter(torch.zeros(
-                        mod.out_features, r, dtype=mod.weight.dtype, device=mod.weight.device))
-                self.layers.append(path)
-                self._handles.append(mod.register_forward_hook(self._hook(key)))
-            if not self.layers:
-                raise ValueError(f"the model has no linear layers named {list(targets)} to adapt")
-
-        def _hook(self, key: str) -> Any:
-            def hook(module: nn.Module, inputs: tuple[Any, ...], output: torch.Tensor) -> Any:
-                if self.active is None:
-                    return output
-                a, b = self.A[f"{key}__{self.active}"], self.B[f"{key}__{self.active}"]
-                x = inputs[0].to(a.dtype)
-                return output + (x @ a.t() @ b.t() * self.scale).to(output.dtype)
-
-            return hook
-
-        @contextlib.contextmanager
-        def use(self, name: str | None) -> Iterator[None]:
-            """Run with adapter ``name`` active (``None``: the base model)."""
-            if name is not None and name not in self.names:
-                raise KeyError(f"no adapter {name!r}; have {list(self.names)}")
-            before, self.active = self.active, name
-            try:
-                yield
-            finally:
-                self.active = before
-
-        @torch.no_grad()
-        def merge_and_remove(self, model: nn.Module, name: str) -> None:
-            """Add adapter ``name`` into the base weights; remove all adapters from ``model``."""
-            for path in self.layers:
-                mod = model.get_submodule(path)
-                key = path.replace(".", "__")
-                a, b = self.A[f"{key}__{name}"], self.B[f"{key}__{name}"]
-                mod.weight.add_((b @ a * self.scale).to(mod.weight.dtype))
-            for h in self._handles:
-                h.remove()
-            self._handles.clear()
-            self.active = None
-
-    return DualLoRA
-
-
-def __getattr__(name: str) -> Any:  # DualLoRA is built on first use: torch stays lazy
-    if name == "DualLoRA":
-        return _lora_module_class()
-    raise AttributeError(name)
+"""The policy's submodule that holds both adapters while training."""
 
 
 @register("cory")
-class CoryAlgorithm:
-    name = "cory"
+class CoryAlgorithm(TrainingStep):
+    """Two agents (pioneer, observer) as two LoRA adapters on one frozen base."""
 
     def __init__(self, spec: Any) -> None:
         self.cfg = spec.algorithm.cory
@@ -154,6 +65,7 @@ class CoryAlgorithm:
     def prepare(self, ctx: StepContext) -> None:
         """Freeze the base and attach both adapters (before the optimiser is built)."""
         from scoreops.algorithms.cory import ROLES, roles_for_step
+        from scoreops.training.lora import DualLoRA
 
         if ctx.spec.rollout.engine == "vllm":
             raise NotImplementedError("algorithm cory generates with per-role adapters; use "
@@ -166,7 +78,7 @@ class CoryAlgorithm:
                                       "which ZeRO-3 partitions; use resources.deepspeed zero2 "
                                       "or none")
         ctx.policy.requires_grad_(False)
-        lora = _lora_module_class()(ctx.policy, ROLES, self.cfg.lora_rank, seed=ctx.spec.seed)
+        lora = DualLoRA(ctx.policy, ROLES, self.cfg.lora_rank, seed=ctx.spec.seed)
         ctx.policy.add_module(ADAPTER_MODULE, lora)
         lora.active = roles_for_step(0, self.cfg.exchange_every)[0]
         self.adapters = lora
@@ -189,8 +101,6 @@ class CoryAlgorithm:
 
         from scoreops.algorithms.cory import cory_loss, roles_for_step
         from scoreops.rollout import SamplingParams, build_training_batch, sequence_token_logprobs
-        from scoreops.training.algorithms import MAX_SEQUENCE_TOKENS, Rollout
-        from scoreops.training.mgrpo import extend_episodes
 
         if self.adapters is None:
             raise RuntimeError("CoryAlgorithm.prepare(ctx) was not called")
@@ -238,4 +148,4 @@ class CoryAlgorithm:
         stats = backward_micro_batches(ctx, [LossTerm(batch, micro_batch_rows(ctx, g), loss_fn)])
         # what generates between steps (mid-run evaluation): the next step's pioneer
         lora.active = roles_for_step(step + 1, cfg.exchange_every)[0]
-        return {**stats, **_rollout_stats(both, 2), "pioneer_is_a": float(pioneer == "a")}
+        return {**stats, **rollout_stats(both, 2), "pioneer_is_a": float(pioneer == "a")}

@@ -1,4 +1,4 @@
-"""STaR's optimiser step: sample with the round's starting model, keep verified answers,
+"""STaR's training step: sample with the round's starting model, keep verified answers,
 fine-tune the policy on them with cross-entropy. See :mod:`scoreops.algorithms.star`.
 
 A round is ``star.stepsPerRound`` optimiser steps. Solutions are always sampled from the model
@@ -20,16 +20,14 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING, Any
 
-from scoreops.training.algorithms import (
-    MAX_SEQUENCE_TOKENS,
+from scoreops.training.steps import TrainingStep, register
+from scoreops.training.steps.backward import (
     LossTerm,
-    _rollout_stats,
     backward_micro_batches,
     micro_batch_rows,
     policy_loss,
-    register,
-    sample_episodes,
 )
+from scoreops.training.steps.rollouts import MAX_SEQUENCE_TOKENS, rollout_stats, sample_episodes
 
 if TYPE_CHECKING:
     import torch
@@ -42,8 +40,9 @@ __all__ = ["STaRAlgorithm"]
 
 
 @register("star")
-class STaRAlgorithm:
-    name = "star"
+class STaRAlgorithm(TrainingStep):
+    """STaR rounds: sample with the round's starting model, fine-tune on the verified
+    answers (see the module docstring)."""
 
     def __init__(self, spec: Any) -> None:
         self.cfg = spec.algorithm.star
@@ -114,7 +113,7 @@ class STaRAlgorithm:
             ctx, [LossTerm(batch, micro_batch_rows(ctx, 1),
                            policy_loss(ctx, loss_fn, temperature=1.0))]))
         n_episodes = max(1, len(ro.episodes))
-        stats.update(_rollout_stats(ro, turns))
+        stats.update(rollout_stats(ro, turns))
         stats["kept"] = float(len(keep))
         stats["kept_first_attempts"] = float(sum(1 for _, t in keep if t == 1)) / n_episodes
         stats["kept_revisions"] = float(sum(1 for _, t in keep if t > 1)) / n_episodes
