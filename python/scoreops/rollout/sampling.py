@@ -6,7 +6,8 @@ decoder agree with each other and with themselves across batch sizes).
 * :func:`uniform_from_seeds` — counter-based draws on the GPU (the static decoder);
 * :class:`RowSampler`, :class:`RowStopper` — ``generate``'s logits processor and stopping
   criterion with per-row generators and stop strings;
-* :func:`top_p_filter` — nucleus filtering, shared by both paths.
+* :func:`sample_token` — one row's draw (the serving decode loop);
+* :func:`top_p_filter` — nucleus filtering, shared by all paths.
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ if TYPE_CHECKING:
 
     from scoreops.rollout.types import SamplingParams
 
-__all__ = ["RowSampler", "RowStopper", "row_seed", "seed_halves", "top_p_filter",
-           "uniform_from_seeds"]
+__all__ = ["RowSampler", "RowStopper", "row_seed", "sample_token", "seed_halves",
+           "top_p_filter", "uniform_from_seeds"]
 
 _M32 = 0xFFFFFFFF
 
@@ -112,6 +113,21 @@ class RowSampler:
         out = torch.full_like(scores, float("-inf"))
         out.scatter_(-1, tokens[:, None], 0.0)
         return out
+
+
+def sample_token(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator
+                 ) -> int:
+    """One row's draw from its ``[vocab]`` logits, as :class:`RowSampler` draws each row:
+    temperature, then top-p, then one uniform from ``generator`` through the inverse CDF."""
+    import torch
+
+    probs = torch.softmax(logits.float() / params.temperature, dim=-1)
+    if params.top_p < 1.0:
+        probs = top_p_filter(probs[None], params.top_p)[0]
+    cdf = probs.double().cumsum(-1)
+    u = torch.rand(1, generator=generator, dtype=torch.float64, device=generator.device)
+    token = int(torch.searchsorted(cdf, u * cdf[-1], right=True).item())
+    return min(token, probs.shape[-1] - 1)
 
 
 def top_p_filter(probs: torch.Tensor, top_p: float) -> torch.Tensor:

@@ -7,14 +7,10 @@ future for the :class:`~scoreops.rollout.Completion`). Rows of any request, any 
 sampling settings share the batch:
 
 * between two decoding steps the loop drops the rows that finished or were cancelled, and
-  admits waiting rows up to ``max_rows``: the new rows' prompts (or their tails not covered
-  by an earlier turn's states) are run through the model together, in as few forwards as a
-  token budget allows (their *prefill*; on a CPU one forward over 12 prompts costs about half
-  of 12 forwards over one), and their key/value states are merged into the batch's cache;
-* the batch's cache is LEFT-aligned per row: row ``i``'s ``n_i`` fed tokens occupy the last
-  ``n_i`` columns, columns before them are masked out, and positions come from each row's own
-  count, so a row decodes as it would alone. Whenever membership changes the common left
-  padding is trimmed;
+  admits waiting rows up to ``max_rows``, prefilled together (their prompts, or the tails an
+  earlier turn's states do not cover) and merged into the batch's left-aligned cache, where
+  positions come from each row's own count, so a row decodes as it would alone (see
+  :mod:`scoreops.serving.batching`);
 * one decoding step feeds every row its last sampled token; each row is sampled from its own
   ``torch.Generator`` (seeded per row, so a seeded request gets the same samples whatever
   shares its batch) or greedily;
@@ -212,7 +208,12 @@ class DecodeLoop:
         keep = [i for i, r in enumerate(self._rows) if not r.cancelled]
         dropped = [r for r in self._rows if r.cancelled]
         states: list[tuple[Row, list[tuple[Any, Any]]]] = []
-        for group in self._prefill_groups(joining):
+        from scoreops.serving.batching import plan_groups
+
+        groups, empty = plan_groups(joining, self.prefix_cache, self.prefill_tokens)
+        for row in empty:
+            self._fail(row, ValueError("empty prompt"))
+        for group in groups:
             try:
                 prefilled = (self._prefill_together(group) if len(group) > 1
                              else [(group[0][0], self._prefill(group[0][0]))])
@@ -234,22 +235,14 @@ class DecodeLoop:
     def _sample_one(self, row: Row, logits: torch.Tensor) -> int:
         import torch
 
-        p = row.params
-        if p.greedy:
+        from scoreops.rollout.sampling import sample_token
+
+        if row.params.greedy:
             return int(logits.argmax().item())
         if row.generator is None:
             row.generator = torch.Generator(device=logits.device)
             row.generator.manual_seed(row.seed)
-        probs = torch.softmax(logits.float() / p.temperature, dim=-1)
-        if p.top_p < 1.0:
-            sorted_probs, order = probs.sort(descending=True)
-            before = sorted_probs.cumsum(-1) - sorted_probs
-            sorted_probs = sorted_probs.masked_fill(before >= p.top_p, 0.0)
-            probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
-        cdf = probs.double().cumsum(-1)
-        u = torch.rand(1, generator=row.generator, dtype=torch.float64, device=logits.device)
-        token = int(torch.searchsorted(cdf, u * cdf[-1], right=True).item())
-        return min(token, probs.shape[-1] - 1)
+        return sample_token(logits, row.params, row.generator)
 
     def _accept(self, row: Row, token: int, logprob: float) -> None:
         """Record a sampled token; decide whether the row is finished."""
@@ -272,86 +265,30 @@ class DecodeLoop:
         text = self.tokenizer.decode(row.generated[-window:], skip_special_tokens=False)
         return any(s in text for s in row.params.stop)
 
-    def _prefill_groups(self, joining: list[Row]) -> list[list[tuple[Row, Any]]]:
-        """Joining rows, with their prefix-cache entries, in groups prefilled by one forward.
-
-        Each row has ``tail`` tokens not covered by a cached earlier turn. A group runs every
-        row's last ``T`` prompt tokens (``T``: the group's longest tail), so a row whose tail
-        is shorter recomputes up to ``T / 2`` cached tokens instead of leaving a gap; groups
-        hold at most :attr:`prefill_tokens` tokens (rows × ``T``).
-        """
-        found = []
-        for row in joining:
-            if not row.prompt:
-                self._fail(row, ValueError("empty prompt"))
-                continue
-            cached = self.prefix_cache.lookup(row.prompt)
-            found.append((row, cached, len(row.prompt) - (len(cached.tokens) if cached else 0)))
-        found.sort(key=lambda f: -f[2])
-        groups: list[list[tuple[Row, Any]]] = []
-        longest = 0
-        for row, cached, tail in found:
-            group = groups[-1] if groups else None
-            if (group is None or 2 * tail < longest
-                    or (len(group) + 1) * longest > self.prefill_tokens):
-                groups.append([])
-                longest = tail
-            groups[-1].append((row, cached))
-        return groups
-
     def _prefill_together(self, group: list[tuple[Row, Any]]) -> list[tuple[Row, Any]]:
-        """One forward for several joining rows; each samples its first token.
-
-        Row ``i`` keeps ``k_i = len(prompt) - T`` tokens of its cached states (none without
-        an entry; ``T`` is the longest tail) and feeds its last ``T`` prompt tokens, so its
-        states stay contiguous; a fresh prompt shorter than ``T`` is left-padded (masked).
-        """
+        """One forward for several joining rows (see :mod:`scoreops.serving.prefill`); each
+        samples its first token."""
         import torch
 
-        from scoreops.rollout.kv_cache import make_cache
+        from scoreops.serving.batching import joint_inputs
 
-        longest = max(len(r.prompt) - (len(c.tokens) if c else 0) for r, c in group)
-        keep = [max(0, len(r.prompt) - longest) for r, _ in group]
-        width = max(keep)
-        n = len(group)
-        cached_layers = next(c.layers for _, c in group if c is not None) if width else None
-        data = None
-        if cached_layers is not None:
-            data = []
-            for layer, (k_ref, v_ref) in enumerate(cached_layers):
-                keys = k_ref.new_zeros((n, k_ref.shape[0], width, k_ref.shape[2]))
-                values = v_ref.new_zeros((n, v_ref.shape[0], width, v_ref.shape[2]))
-                for i, ((_, cached), k) in enumerate(zip(group, keep, strict=True)):
-                    if k:
-                        keys[i, :, width - k:] = cached.layers[layer][0][:, :k]
-                        values[i, :, width - k:] = cached.layers[layer][1][:, :k]
-                data.append((keys, values))
-        reserve = max(r.params.max_new_tokens for r, _ in group) + 1
-        cache = make_cache(self.model.config, reserve + width + longest, data)
         pad = min(self.eos) if self.eos else 0  # masked out: any id will do
-        ids = torch.full((n, longest), pad, dtype=torch.long, device=self.device)
-        positions = torch.zeros((n, longest), dtype=torch.long, device=self.device)
-        mask = torch.zeros((n, width + longest), dtype=torch.long, device=self.device)
-        for i, ((row, _), k) in enumerate(zip(group, keep, strict=True)):
-            fed = row.prompt[k:]
-            ids[i, longest - len(fed):] = torch.tensor(fed, dtype=torch.long)
-            positions[i, longest - len(fed):] = torch.arange(k, len(row.prompt))
-            mask[i, width - k:] = 1
-            mask[i, width: width + longest - len(fed)] = 0
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                         use_cache=True, logits_to_keep=1, **{self._cache_kw: cache})
+        inputs = joint_inputs(group, self.model.config, pad, self.device)
+        out = self.model(input_ids=inputs.ids, attention_mask=inputs.mask,
+                         position_ids=inputs.positions, use_cache=True, logits_to_keep=1,
+                         **{self._cache_kw: inputs.cache})
         self.prefix_cache.discard([c for _, c in group if c is not None])
         logits = out.logits[:, -1]
         logprobs = torch.log_softmax(logits.float(), -1)
+        self.joint_prefills += len(group)
         done = []
-        self.joint_prefills += n
-        for i, ((row, _), k) in enumerate(zip(group, keep, strict=True)):
-            self.reused_tokens += k
+        for i, ((row, _), kept) in enumerate(zip(group, inputs.keep, strict=True)):
+            self.reused_tokens += kept
             row.fed = len(row.prompt)
             token = self._sample_one(row, logits[i])
             self._accept(row, token, float(logprobs[i, token]))
             done.append((row, [(layer.keys[i:i + 1], layer.values[i:i + 1])
-                               for layer in cache.layers]))
+                               for layer in inputs.cache.layers]))
         return done
 
     def _prefill(self, row: Row) -> list[tuple[Any, Any]]:
@@ -386,43 +323,18 @@ class DecodeLoop:
 
     def _rebuild(self, keep: list[int], joins: list[tuple[Row, list[tuple[Any, Any]]]]) -> None:
         """The batch cache with rows ``keep`` of the current one followed by ``joins``."""
-        import torch
-
         from scoreops.rollout.kv_cache import make_cache
+        from scoreops.serving.batching import batch_states, left_aligned_mask
 
         rows = [self._rows[i] for i in keep] + [r for r, _ in joins]
         if not rows:
             self._rows, self._cache, self._mask = [], None, None
             return
-        width = max(r.fed for r in rows)
         old = self._cache.layers if (self._cache is not None and keep) else None
-        old_width = old[0].keys.shape[2] if old else 0
-        idx = torch.tensor(keep, dtype=torch.long, device=self.device) if keep else None
-        data = []
-        n_layers = len(joins[0][1]) if joins else len(old)
-        for layer in range(n_layers):
-            ref = joins[0][1][layer][0] if joins else old[layer].keys
-            _, heads, _, dim = ref.shape
-            vref = joins[0][1][layer][1] if joins else old[layer].values
-            keys = ref.new_zeros((len(rows), heads, width, dim))
-            values = vref.new_zeros((len(rows), vref.shape[1], width, vref.shape[3]))
-            if old:
-                take = min(old_width, width)
-                keys[: len(keep), :, width - take:] = old[layer].keys[idx, :, old_width - take:]
-                values[: len(keep), :, width - take:] = old[layer].values[
-                    idx, :, old_width - take:]
-            for j, (row, layers) in enumerate(joins):
-                k, v = layers[layer]
-                at = len(keep) + j
-                keys[at, :, width - row.fed:] = k[0, :, k.shape[2] - row.fed:]
-                values[at, :, width - row.fed:] = v[0, :, v.shape[2] - row.fed:]
-            data.append((keys, values))
+        data = batch_states(old, keep, joins, rows, self.device)
         reserve = max(r.params.max_new_tokens - len(r.generated) for r in rows) + 1
         self._cache = make_cache(self.model.config, reserve, data)
-        mask = torch.zeros((len(rows), width), dtype=torch.long, device=self.device)
-        for i, r in enumerate(rows):
-            mask[i, width - r.fed:] = 1
-        self._mask = mask
+        self._mask = left_aligned_mask([r.fed for r in rows], self.device)
         self._rows = rows
 
     def _step(self) -> None:
