@@ -9,7 +9,7 @@ What it measures (``tests/unit/test_architecture.py`` holds the tree to it):
 * modules over 400 lines, and whether their docstring states why (a line starting ``Size:``);
 * functions over 60 lines, counted from ``def`` to the last line, docstring included;
 * import cycles between modules, counting imports inside functions too (a lazy import is
-  still a dependency);
+  still a dependency), not those under ``if TYPE_CHECKING:`` (annotations only);
 * comparisons (``==``, ``!=``, ``in``, ``not in``) of a string literal that names a strategy,
   an algorithm or a resource kind, outside the modules that register them;
 * packages the wheel would ship (setuptools' discovery over ``python/``, as pyproject says).
@@ -82,6 +82,12 @@ def _imported(node: ast.AST, module: str, is_package: bool, known: set[str]) -> 
             elif base in known:
                 found.add(base)
     return found
+
+
+def _is_type_checking(node: ast.AST) -> bool:
+    """An ``if TYPE_CHECKING:`` block (imports for annotations only, not run)."""
+    return (isinstance(node, ast.If) and isinstance(node.test, ast.Name)
+            and node.test.id == "TYPE_CHECKING")
 
 
 def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -179,7 +185,11 @@ def measure(root: Path = ROOT) -> Report:
                            if ln.strip().startswith("Size:")), None)
             report.long_modules.append({"file": rel, "lines": lines, "reason": reason})
         graph[name] = set()
+        typing_only = {id(n) for block in ast.walk(tree) if _is_type_checking(block)
+                       for n in ast.walk(block)}
         for node in ast.walk(tree):
+            if id(node) in typing_only:
+                continue
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 report.functions += 1
                 n = (node.end_lineno or node.lineno) - node.lineno + 1

@@ -20,8 +20,7 @@ sampling settings share the batch:
 * a cancelled row (its client went away or its deadline passed) leaves the batch at the next
   step boundary: the work stops there, and its future raises :class:`Cancelled`.
 
-One request's view of the loop (its cancellation, its engine, its streamed text) is in
-:mod:`scoreops.serving.requests`.
+One request's view of the loop (cancellation, engine, streamed text): :mod:`.requests`.
 """
 
 from __future__ import annotations
