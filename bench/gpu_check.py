@@ -3,7 +3,7 @@
 What it checks (each one a row of the printed table and an entry of the JSON file):
 
 * ``algorithm/<name>`` for score, grpo, mgrpo, star and cory: the real training loop on the
-  digit toy (:mod:`scoreops.testing.digits`) with the policy on the GPU, plain-torch backend,
+  digit toy (:mod:`testkit.digits`) with the policy on the GPU, plain-torch backend,
   ``resources.precision`` bf16 (fp32 master weights under autocast); passes when the reward
   rises (last three steps' mean above the first three's by ``--min-rise``; STaR: round 2's
   sampled reward above round 1's, since a round samples from the model it began with);
@@ -50,6 +50,8 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # testkit: the test harnesses
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -98,7 +100,7 @@ def prepare_assets(root: Path) -> None:
     from transformers import AutoConfig
 
     from scoreops.models import load_smollm2_tokenizer, smollm2_gguf_path
-    from scoreops.testing.digits import build_digit_model
+    from testkit.digits import build_digit_model
 
     root.mkdir(parents=True, exist_ok=True)
     build_digit_model(root / "digit")
@@ -150,7 +152,7 @@ class Check:
 
     def spec(self, model: Path, data: Path, out: Path, algorithm: dict[str, Any],
              **over: Any) -> dict[str, Any]:
-        from scoreops.testing.digits import scorerun_doc
+        from testkit.digits import scorerun_doc
 
         spec: dict[str, Any] = {
             "model": {"uri": str(model)},
@@ -180,7 +182,7 @@ class Check:
         return 2 if self.brief else full
 
     def algorithm_doc(self, name: str, out: Path) -> tuple[dict[str, Any], str]:
-        from scoreops.testing.digits import write_answer_items
+        from testkit.digits import write_answer_items
 
         data = write_answer_items(self.work / "train.jsonl", 40)
         digit = self.args.assets / "digit"
@@ -250,7 +252,7 @@ class Check:
         return out
 
     def score_step(self) -> dict[str, Any]:
-        from scoreops.testing.digits import write_answer_items
+        from testkit.digits import write_answer_items
 
         model = random_model(self.args.assets / "smollm2-135m-arch", self.work / "arch",
                              tiny=not self.gpu)

@@ -32,9 +32,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from scoreops.api.base import GROUP, VERSION
 from scoreops.k8s.process import OperatorProcess
 
-GROUP, VERSION = "scoreops.io", "v1alpha1"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # testkit: the test harnesses
 
 
 def scorerun(name: str, namespace: str) -> dict[str, Any]:
@@ -196,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.kubeconfig:
         result = measure(args.kubeconfig, args.runs, args.threads, log)
     else:
-        from scoreops.testing.cluster import LocalCluster, repo_root
+        from testkit.cluster import LocalCluster, repo_root
 
         with LocalCluster(workdir / "cluster", keep=True) as cluster:
             cluster.apply(repo_root() / "manifests" / "third-party")

@@ -32,6 +32,8 @@ from typing import Any
 
 import httpx
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # testkit: the test harnesses
+
 PROMPTS = [
     "What is 17 + 25?",
     "A shop sells pens at 3 dollars each. How much do 12 pens cost?",
@@ -187,7 +189,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="scoreops-bench-") as tmp:
         model = args.model
         if model is None:
-            from scoreops.testing.tiny import build_tiny_model
+            from testkit.tiny import build_tiny_model
 
             model = str(build_tiny_model(Path(tmp) / "tiny"))
         server = _Server(model, args.max_tokens, Path(tmp) / "server.log", args.engine_batch_size,

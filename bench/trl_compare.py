@@ -54,6 +54,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # testkit: the test harnesses
+
 SIDES = ("scoreops", "trl")
 TASK = "single-digit-addition"
 DEFAULT_MODEL = "builtin://smollm2-135m-instruct"
@@ -373,10 +375,10 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="trl-compare-") as work:
         if args.tiny:
-            from scoreops.testing.tiny import build_tiny_model
+            from testkit.tiny import build_tiny_model
 
             model_dir = str(build_tiny_model(Path(work) / "tiny"))
-            model_name = "tiny random Llama (scoreops.testing.tiny)"
+            model_name = "tiny random Llama (testkit.tiny)"
         else:
             from scoreops.models import resolve_model
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from scoreops.testing.cluster import ClusterError, LocalCluster, repo_root
+from testkit.cluster import ClusterError, LocalCluster, repo_root
 
 if TYPE_CHECKING:
     from kubernetes.client import ApiClient

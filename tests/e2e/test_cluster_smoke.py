@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from scoreops.testing.cluster import LocalCluster
+from testkit.cluster import LocalCluster
 
 if TYPE_CHECKING:
     from kubernetes.client import ApiClient

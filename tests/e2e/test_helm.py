@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import yaml
 
-from scoreops.testing.cluster import ClusterError, LocalCluster, repo_root
+from testkit.cluster import ClusterError, LocalCluster, repo_root
 
 if TYPE_CHECKING:
     from kubernetes.client import ApiClient

@@ -20,7 +20,7 @@ from scoreops.api import parse_resource
 from scoreops.k8s.builders import build_pytorchjob, build_run_config_map
 from scoreops.k8s.config import OperatorConfig
 from scoreops.k8s.process import OperatorProcess
-from scoreops.testing.cluster import LocalCluster, repo_root
+from testkit.cluster import LocalCluster, repo_root
 
 if TYPE_CHECKING:
     from kubernetes.client import ApiClient
@@ -47,7 +47,7 @@ def crds(cluster: LocalCluster) -> None:
 def s3() -> Iterator[dict[str, str]]:
     """A real S3 server; its env is set in this process too (the tests write progress)."""
     from scoreops import storage
-    from scoreops.testing.s3 import S3Server
+    from testkit.s3 import S3Server
 
     with S3Server("rclone") as server, pytest.MonkeyPatch.context() as mp:
         for key, value in server.env().items():

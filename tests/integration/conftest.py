@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import pytest
 
 from scoreops import storage
-from scoreops.testing.s3 import KINDS, S3Server, S3ServerError
+from testkit.s3 import KINDS, S3Server, S3ServerError
 
 _S3_VARS_TO_CLEAR = (
     "AWS_ENDPOINT_URL_S3",

@@ -20,12 +20,12 @@ pytest.importorskip("transformers")
 
 from scoreops import storage  # noqa: E402
 from scoreops.api import parse_resource  # noqa: E402
-from scoreops.testing.digits import (  # noqa: E402
+from scoreops.training.loop import Trainer  # noqa: E402
+from testkit.digits import (  # noqa: E402
     build_digit_model,
     scorerun_doc,
     write_answer_items,
 )
-from scoreops.training.loop import Trainer  # noqa: E402
 
 make_digit_model = build_digit_model
 write_items = write_answer_items

@@ -1,6 +1,6 @@
 """DeepSpeed ZeRO-2/3 through the real training loop, on DeepSpeed's CPU accelerator (gloo, fp32).
 
-A short GRPO run on the digit model (see :mod:`scoreops.testing.digits`) with two micro-batches
+A short GRPO run on the digit model (see :mod:`testkit.digits`) with two micro-batches
 per step is run with the plain-torch backend and with each ZeRO stage; with the same seed the
 rollouts are the same, so the trained weights must agree to float tolerance. Resuming is
 checked by deleting the last checkpoint and the final model and running again: the run
@@ -30,8 +30,8 @@ from safetensors.torch import load_file  # noqa: E402
 
 from scoreops import storage  # noqa: E402
 from scoreops.api import parse_resource  # noqa: E402
-from scoreops.testing.digits import build_digit_model, write_answer_items  # noqa: E402
 from scoreops.training.loop import Trainer  # noqa: E402
+from testkit.digits import build_digit_model, write_answer_items  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_algorithms_train import spec_doc  # noqa: E402

@@ -37,7 +37,7 @@ from torch.overrides import TorchFunctionMode  # noqa: E402
 from torch.utils.weak import WeakTensorKeyDictionary  # noqa: E402
 
 from scoreops.api import parse_resource  # noqa: E402
-from scoreops.testing.digits import build_digit_model, scorerun_doc, write_answer_items  # noqa: E402
+from testkit.digits import build_digit_model, scorerun_doc, write_answer_items  # noqa: E402
 
 POLICY, HOST = "policy", "host"
 

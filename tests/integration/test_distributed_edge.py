@@ -7,7 +7,7 @@
 * A stop request (SIGTERM) that reaches one rank only: every rank stops after the same step,
   the group writes one complete checkpoint of that step, and a rerun resumes from it.
 
-The model is :func:`scoreops.testing.digits.build_digit_model` with "7" favoured: sampled at
+The model is :func:`testkit.digits.build_digit_model` with "7" favoured: sampled at
 temperature 0.01 it always answers "7", whatever the question and whatever the rank's random
 stream, so rollouts — and which rows are kept — are the same in every process layout.
 """
@@ -35,10 +35,10 @@ from safetensors.torch import load_file  # noqa: E402
 
 from scoreops import storage  # noqa: E402
 from scoreops.api import parse_resource  # noqa: E402
-from scoreops.testing.digits import build_digit_model  # noqa: E402
 from scoreops.training.checkpoint import list_checkpoints  # noqa: E402
 from scoreops.training.context import DistEnv, StepContext  # noqa: E402
 from scoreops.training.loop import load_split  # noqa: E402
+from testkit.digits import build_digit_model  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_algorithms_train import spec_doc  # noqa: E402

@@ -36,7 +36,7 @@ def _write_benchmark(root: Path, name: str, items: list[dict[str, Any]]) -> None
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from scoreops.testing.tiny import build_tiny_model
+    from testkit.tiny import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny"))
 

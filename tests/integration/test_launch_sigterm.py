@@ -13,7 +13,7 @@ next pod resumes from, with exactly ``nprocPerNode`` processes in the pod (one o
 the launcher must exit non-zero, so that the training operator does not count a stopped pod
 as a finished job.
 
-Real torchrun, gloo, CPU; the digit toy model (``scoreops.testing.digits``).
+Real torchrun, gloo, CPU; the digit toy model (``testkit.digits``).
 """
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ from scoreops import storage  # noqa: E402
 from scoreops.api import parse_resource  # noqa: E402
 from scoreops.k8s.builders import build_pytorchjob, build_run_config_map  # noqa: E402
 from scoreops.k8s.config import SPEC_DIR, OperatorConfig  # noqa: E402
-from scoreops.testing.digits import build_digit_model  # noqa: E402
 from scoreops.training.checkpoint import list_checkpoints  # noqa: E402
+from testkit.digits import build_digit_model  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_algorithms_train import spec_doc  # noqa: E402

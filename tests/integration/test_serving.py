@@ -92,7 +92,7 @@ class Server:
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from scoreops.testing.tiny import build_tiny_model
+    from testkit.tiny import build_tiny_model
 
     # 32-wide attention heads: the smallest vLLM's CPU kernels take
     return build_tiny_model(tmp_path_factory.mktemp("tiny-model"), head_dim=32)

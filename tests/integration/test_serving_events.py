@@ -86,7 +86,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcessServer
     from scoreops.api.correctorservice import ServingLimits
     from scoreops.serving.config import ServingConfig
     from scoreops.serving.core import Corrector
-    from scoreops.testing.tiny import build_tiny_model
+    from testkit.tiny import build_tiny_model
 
     tiny: Path = build_tiny_model(tmp_path_factory.mktemp("tiny-model"))
     config = ServingConfig(

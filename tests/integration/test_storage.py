@@ -20,7 +20,7 @@ import pytest
 from scoreops import storage
 from scoreops.storage import artifacts as artifacts_mod
 from scoreops.storage import s3 as s3_mod
-from scoreops.testing.s3 import S3Server
+from testkit.s3 import S3Server
 
 pytestmark = pytest.mark.integration
 

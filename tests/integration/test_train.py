@@ -19,13 +19,13 @@ torch = pytest.importorskip("torch")
 
 from scoreops import storage  # noqa: E402
 from scoreops.api import parse_resource  # noqa: E402
-from scoreops.testing.digits import (  # noqa: E402
+from scoreops.training.checkpoint import list_checkpoints  # noqa: E402
+from scoreops.training.loop import RunFailed, Trainer  # noqa: E402
+from testkit.digits import (  # noqa: E402
     build_digit_model,
     scorerun_doc,
     write_answer_items,
 )
-from scoreops.training.checkpoint import list_checkpoints  # noqa: E402
-from scoreops.training.loop import RunFailed, Trainer  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -224,8 +224,8 @@ def test_zero3_rollout_sync_gathers_one_module_at_a_time(
     from scoreops.api import parse_resource
     from scoreops.models import load_model
     from scoreops.rollout import HFEngine
-    from scoreops.testing.digits import build_digit_model, scorerun_doc
     from scoreops.training.backend import make_backend
+    from testkit.digits import build_digit_model, scorerun_doc
 
     model_dir = build_digit_model(tmp_path / "model")
     doc = scorerun_doc({

@@ -234,7 +234,7 @@ def test_weight_sync_makes_vllm_generate_what_hf_generates(smol: tuple[Any, Any]
 
 @pytest.fixture(scope="module")
 def digit_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from scoreops.testing.digits import build_digit_model
+    from testkit.digits import build_digit_model
 
     return build_digit_model(tmp_path_factory.mktemp("digit") / "model", head_dim=32)
 
@@ -256,8 +256,8 @@ class _Calls:
 def test_score_run_on_vllm_raises_the_turn_two_reward(digit_model: Path, tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     from scoreops.api import parse_resource
-    from scoreops.testing.digits import scorerun_doc, write_answer_items
     from scoreops.training.loop import Trainer
+    from testkit.digits import scorerun_doc, write_answer_items
 
     data = write_answer_items(tmp_path / "train.jsonl", 40)
     spec = {
@@ -338,7 +338,7 @@ def test_evalsuite_with_engine_vllm_generates_with_vllm(digit_model: Path, tmp_p
 
 
 def test_cpu_engine_refuses_head_sizes_its_kernels_lack(tmp_path: Path) -> None:
-    from scoreops.testing.tiny import build_tiny_model
+    from testkit.tiny import build_tiny_model
 
     model = build_tiny_model(tmp_path / "narrow")  # head size 8
     with pytest.raises(ValueError, match="attention head size 8"):

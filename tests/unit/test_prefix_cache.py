@@ -20,7 +20,7 @@ from scoreops.rollout import (  # noqa: E402
     run_episodes,
 )
 from scoreops.rollout.prefix_cache import CachedRow, PrefixCache  # noqa: E402
-from scoreops.testing.tiny import build_tiny_model  # noqa: E402
+from testkit.tiny import build_tiny_model  # noqa: E402
 
 INSTRUCTION = "There might be an error in the solution above. Please correct it."
 QUESTIONS = [

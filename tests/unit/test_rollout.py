@@ -29,7 +29,7 @@ from scoreops.rollout import (  # noqa: E402
     run_episodes,
     sequence_token_logprobs,
 )
-from scoreops.testing.tiny import build_tiny_model  # noqa: E402
+from testkit.tiny import build_tiny_model  # noqa: E402
 
 INSTRUCTION = "There might be an error in the solution above. Please correct it."
 SHORT = [{"role": "user", "content": "2+2?"}]

@@ -20,7 +20,7 @@ from scoreops.rollout.hf import row_seed  # noqa: E402
 from scoreops.serving.decode import Cancelled, DecodeLoop, Row  # noqa: E402
 from scoreops.serving.requests import RequestControl, RequestEngine, TextStream  # noqa: E402
 from scoreops.strategies import run_strategy  # noqa: E402
-from scoreops.testing.tiny import build_tiny_model  # noqa: E402
+from testkit.tiny import build_tiny_model  # noqa: E402
 
 QUESTIONS = ["What is 7 + 5?", "Name a prime number.", "Spell cat backwards, please.",
              "How many legs does a spider have?"]

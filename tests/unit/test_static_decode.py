@@ -21,7 +21,7 @@ from scoreops.models import load_model  # noqa: E402
 from scoreops.rollout import Episode, HFEngine, SamplingParams, run_episodes  # noqa: E402
 from scoreops.rollout.sampling import uniform_from_seeds  # noqa: E402
 from scoreops.rollout.static_decode import supports  # noqa: E402
-from scoreops.testing.tiny import build_tiny_model  # noqa: E402
+from testkit.tiny import build_tiny_model  # noqa: E402
 
 INSTRUCTION = "There might be an error in the solution above. Please correct it."
 QUESTIONS = [

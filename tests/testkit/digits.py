@@ -13,7 +13,7 @@ import random
 from pathlib import Path
 from typing import Any
 
-from scoreops.testing.tiny import build_tiny_model
+from testkit.tiny import build_tiny_model
 
 DIGITS = [str(d) for d in range(10)]
 
@@ -26,7 +26,7 @@ def build_digit_model(out: str | Path, *, favour: dict[str, float] | None = None
     residual stream (attention and MLP outputs are scaled by 0.01), so after the final norm
     dimension 0 is ≈ 4 everywhere; the head's column 0 is ``weight`` for the digit rows
     (``favour[d]`` for digit d when given) and 0 elsewhere. ``head_dim``: see
-    :func:`~scoreops.testing.tiny.build_tiny_model` (32 for vLLM on CPU).
+    :func:`~testkit.tiny.build_tiny_model` (32 for vLLM on CPU).
     """
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer

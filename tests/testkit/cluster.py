@@ -25,7 +25,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
-from scoreops.testing._repo import find_repo, tail
+from testkit._repo import find_repo, tail
 
 if TYPE_CHECKING:
     from kubernetes.client import ApiClient

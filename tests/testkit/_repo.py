@@ -9,12 +9,12 @@ from pathlib import Path
 def find_repo(script: str, error: type[Exception]) -> Path:
     """The scoreops checkout holding ``hack/<script>``.
 
-    ``$SCOREOPS_REPO`` wins; otherwise the checkout this module lives in (editable install).
+    ``$SCOREOPS_REPO`` wins; otherwise the checkout this module lives in (tests/testkit).
     Raises ``error`` naming where it looked.
     """
     env = os.environ.get("SCOREOPS_REPO")
     candidates = [Path(env)] if env else []
-    candidates.append(Path(__file__).resolve().parents[3])
+    candidates.append(Path(__file__).resolve().parents[2])
     for root in candidates:
         if (root / "hack" / script).is_file():
             return root

@@ -26,7 +26,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, Self
 
-from scoreops.testing._repo import find_repo, tail
+from testkit._repo import find_repo, tail
 
 __all__ = ["S3Server", "S3ServerError", "s3_repo_root"]
 
