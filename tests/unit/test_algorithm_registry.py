@@ -3,30 +3,18 @@ validators and the training loop read, and whose training step registers under i
 
 from __future__ import annotations
 
-import copy
 from typing import Any, get_args
 
 import pytest
+from test_api import scorerun
 
 from scoreops.algorithms.registry import ALGORITHMS, algorithm_traits
 from scoreops.api import InvalidResource, parse_resource
 from scoreops.api.scorerun import AlgorithmName
 
-RUN: dict[str, Any] = {
-    "apiVersion": "scoreops.io/v1alpha1",
-    "kind": "ScoreRun",
-    "metadata": {"name": "r"},
-    "spec": {
-        "model": {"uri": "s3://models/base"},
-        "dataset": {"train": {"uri": "s3://data/train.jsonl"}},
-        "algorithm": {"name": "score"},
-        "output": {"uri": "s3://runs/r"},
-    },
-}
-
 
 def run_doc(algorithm: str, **rollout: Any) -> dict[str, Any]:
-    doc = copy.deepcopy(RUN)
+    doc = scorerun()  # a fresh minimal ScoreRun document
     doc["spec"]["algorithm"] = {"name": algorithm}
     if rollout:
         doc["spec"]["rollout"] = rollout
