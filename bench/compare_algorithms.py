@@ -123,13 +123,6 @@ def spec_for(arm: str, seed: int, args: argparse.Namespace, data: tuple[str, str
     }
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """A run file is whole or absent: a resumed job never takes a half-written one."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
 def scorerun(spec: dict[str, Any], name: str) -> Any:
     from scoreops.api import parse_resource
 
@@ -465,6 +458,8 @@ def main() -> None:
         return
     import torch
 
+    from scoreops import storage
+
     if args.threads:
         torch.set_num_threads(args.threads)
     (out / "settings.json").write_text(json.dumps(settings, indent=1))
@@ -475,7 +470,8 @@ def main() -> None:
         if a not in ARMS:
             raise SystemExit(f"unknown arm {a!r}; known: {', '.join(ARMS)}")
     if "base" in arms and not (out / "runs" / "base.json").exists():
-        write_atomic(out / "runs" / "base.json", json.dumps(evaluate_base(args, data)))
+        # storage writes a local file atomically: a resumed job never takes a half-written one
+        storage.write_text(out / "runs" / "base.json", json.dumps(evaluate_base(args, data)))
         write_report(out, settings)
     for seed in range(args.seeds):  # seed-major: every arm of a seed before the next seed
         for arm in arms:
@@ -486,7 +482,7 @@ def main() -> None:
                 continue
             t0 = time.perf_counter()
             r = train_arm(arm, seed, args, data, work)
-            write_atomic(path, json.dumps(r))
+            storage.write_text(path, json.dumps(r))
             print(f"{arm} seed {seed}: {time.perf_counter() - t0:.0f}s "
                   f"{json.dumps(r['metrics'])[:200]}", flush=True)
             write_report(out, settings)
