@@ -107,8 +107,9 @@ def joint_inputs(group: Group, config: Any, pad: int, device: Any) -> JointInput
     longest = max(len(r.prompt) - (len(c.tokens) if c else 0) for r, c in group)
     keep = [max(0, len(r.prompt) - longest) for r, _ in group]
     width = max(keep)
-    reserve = max(r.params.max_new_tokens for r, _ in group) + 1
-    cache = make_cache(config, reserve + width + longest, _kept_states(group, keep, width))
+    # room for the fed tokens after the kept states; the rows' later tokens go to the batch
+    # cache, which the loop rebuilds from these states
+    cache = make_cache(config, longest, _kept_states(group, keep, width))
     n = len(group)
     ids = torch.full((n, longest), pad, dtype=torch.long, device=device)
     positions = torch.zeros((n, longest), dtype=torch.long, device=device)

@@ -214,8 +214,7 @@ class DecodeLoop:
             self._fail(row, ValueError("empty prompt"))
         for group in groups:
             try:
-                prefilled = (self._prefill_together(group) if len(group) > 1
-                             else [(group[0][0], self._prefill(group[0][0]))])
+                prefilled = self._prefill_together(group)
             except Exception as exc:
                 log.warning("prefill failed: %s", exc)
                 for row, _ in group:
@@ -265,8 +264,8 @@ class DecodeLoop:
         return any(s in text for s in row.params.stop)
 
     def _prefill_together(self, group: list[tuple[Row, Any]]) -> list[tuple[Row, Any]]:
-        """One forward for several joining rows (see :mod:`scoreops.serving.prefill`); each
-        samples its first token."""
+        """One forward for a group of joining rows, one or several (see
+        :mod:`scoreops.serving.batching`); each samples its first token."""
         import torch
 
         from scoreops.serving.batching import joint_inputs
@@ -279,7 +278,8 @@ class DecodeLoop:
         self.prefix_cache.discard([c for _, c in group if c is not None])
         logits = out.logits[:, -1]
         logprobs = torch.log_softmax(logits.float(), -1)
-        self.joint_prefills += len(group)
+        if len(group) > 1:
+            self.joint_prefills += len(group)
         done = []
         for i, ((row, _), kept) in enumerate(zip(group, inputs.keep, strict=True)):
             self.reused_tokens += kept
@@ -289,36 +289,6 @@ class DecodeLoop:
             done.append((row, [(layer.keys[i:i + 1], layer.values[i:i + 1])
                                for layer in inputs.cache.layers]))
         return done
-
-    def _prefill(self, row: Row) -> list[tuple[Any, Any]]:
-        """Run the row's prompt (or its uncached tail) alone; sample its first token."""
-        import torch
-
-        from scoreops.rollout.kv_cache import make_cache
-
-        prompt = row.prompt
-        if not prompt:
-            raise ValueError("empty prompt")
-        cached = self.prefix_cache.lookup(prompt)
-        start = len(cached.tokens) if cached is not None else 0
-        reserve = row.params.max_new_tokens + 1
-        if cached is not None:
-            data = [(k.unsqueeze(0), v.unsqueeze(0)) for k, v in cached.layers]
-            cache = make_cache(self.model.config, reserve + len(prompt) - start, data)
-            self.prefix_cache.discard([cached])
-        else:
-            cache = make_cache(self.model.config, reserve + len(prompt))
-        ids = torch.tensor([prompt[start:]], dtype=torch.long, device=self.device)
-        positions = torch.arange(start, len(prompt), device=self.device)[None]
-        mask = torch.ones((1, len(prompt)), dtype=torch.long, device=self.device)
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                         use_cache=True, logits_to_keep=1, **{self._cache_kw: cache})
-        self.reused_tokens += start
-        row.fed = len(prompt)
-        logits = out.logits[0, -1]
-        token = self._sample_one(row, logits)
-        self._accept(row, token, float(torch.log_softmax(logits.float(), -1)[token]))
-        return [(layer.keys, layer.values) for layer in cache.layers]
 
     def _rebuild(self, keep: list[int], joins: list[tuple[Row, list[tuple[Any, Any]]]]) -> None:
         """The batch cache with rows ``keep`` of the current one followed by ``joins``."""
