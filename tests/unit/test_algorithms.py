@@ -246,6 +246,68 @@ def test_term_scale_std_balances_the_two_turns() -> None:
     close(parts["turn1"], (-1 + 1 + 1 - 1) / s1 / 4 * 1.0, tol=1e-9)
 
 
+def test_term_scale_shared_keeps_the_alpha_weight() -> None:
+    """G=2, LOO, bonus_on_turn1=False, r1 = [0, 0], r2 = [1, 0], batch of one group, B=2.
+    A1 = LOO(r1 + r2 = [1, 0]) = [1, −1]; A2 = LOO((1+α)·r2) = [1+α, −(1+α)].
+    α = 10: one scale σ = std([1, −1, 11, −11]) = √61 = 7.8102496759 → gradient on the
+    turn-1 tokens −A1/σ/B = ∓0.0640184, on the turn-2 tokens −A2/σ/B = ∓0.7041965.
+    α = 0: σ = std([1, −1, 1, −1]) = 1 → ∓0.5 on both turns."""
+    m1, m2 = t([[1, 0]] * 2), t([[0, 1]] * 2)
+    r1, r2 = t([0.0, 0.0]), t([1.0, 0.0])
+    for alpha, sigma in ((10.0, math.sqrt(61.0) + 1e-6), (0.0, 1.0 + 1e-6)):
+        logp = t([[-1.0, -1.0]] * 2).requires_grad_()
+        loss, _ = stage2_loss(logp, logp.detach(), logp, logp.detach(), m1, m2, r1, r2,
+                              alpha=alpha, beta1=0.0, group_size=2, bonus_on_turn1=False,
+                              term_scale="shared")
+        loss.backward()
+        close(logp.grad[:, 0], [-1 / sigma / 2, 1 / sigma / 2], tol=1e-9)
+        close(logp.grad[:, 1], [-(1 + alpha) / sigma / 2, (1 + alpha) / sigma / 2], tol=1e-9)
+
+
+# the mixed two-turn batch of the review: groups of 4, outcomes of every kind
+MIXED_R1 = [1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0, 1.0]
+MIXED_R2 = [1.0, 1.0, 0.0, 0.0, 1.0, 0.0, 1.0, 1.0]
+
+
+def _stage2_grad(alpha: float, **config: object) -> torch.Tensor:
+    """The stage-II gradient on per-token log-probs of the mixed batch (two tokens a turn)."""
+    logp = t([[-1.0, -0.5, -2.0, -0.25]] * 8).requires_grad_()
+    m1, m2 = t([[1, 1, 0, 0]] * 8), t([[0, 0, 1, 1]] * 8)
+    loss, _ = stage2_loss(logp, logp.detach(), logp, logp.detach(), m1, m2, t(MIXED_R1),
+                          t(MIXED_R2), alpha=alpha, beta1=0.01, group_size=4, **config)
+    loss.backward()
+    return logp.grad.detach()
+
+
+def test_alpha_changes_the_stage2_update_under_the_scorerun_defaults() -> None:
+    """SCoRe's shaping weight must act with the settings a ScoreRun gets by default: α = 10
+    and α = 0 give different stage-II gradients on a mixed batch, also in direction (not
+    only in size, which the optimiser's normalisation would absorb)."""
+    from scoreops.api.scorerun import ScoreConfig
+
+    cfg = ScoreConfig()
+    kw = {"baseline": cfg.baseline, "kl_estimator": cfg.kl_estimator,
+          "bonus_on_turn1": cfg.bonus_on_turn1, "term_scale": cfg.term_scale}
+    g10, g0 = _stage2_grad(10.0, **kw), _stage2_grad(0.0, **kw)
+    rel = float((g10 - g0).norm() / g0.norm())
+    assert rel > 0.1, f"alpha has no effect: relative gradient difference {rel:.4f}"
+    cos = float((g10.flatten() @ g0.flatten()) / (g10.norm() * g0.norm()))
+    assert cos < 0.99, f"alpha only rescales the update: cosine {cos:.4f}"
+    # the turn-2 part of the update grows relative to the turn-1 part by about 1 + α
+    ratio10 = float(g10[:, 2:].norm() / g10[:, :2].norm())
+    ratio0 = float(g0[:, 2:].norm() / g0[:, :2].norm())
+    assert ratio10 / ratio0 > 5.0
+
+
+def test_per_turn_std_scale_divides_alpha_out() -> None:
+    """The named option ``term_scale="std"`` (the earlier default): each turn normalised on
+    its own, so the (1+α) weight cancels and α = 10 gives α = 0's gradient (the KL part,
+    identical for both, aside)."""
+    kw = {"bonus_on_turn1": False, "term_scale": "std"}
+    g10, g0 = _stage2_grad(10.0, **kw), _stage2_grad(0.0, **kw)
+    assert float((g10 - g0).norm() / g0.norm()) < 1e-5  # the eps of the scale
+
+
 def test_stage_losses_reject_mismatched_shapes() -> None:
     with pytest.raises(ValueError, match="mask2"):
         stage1_loss(t(LOGP), t(REF), t(LOGP), t(REF), t(MASK1), t([[0, 1]]), t([1.0, 0.0]),

@@ -44,19 +44,40 @@ Choices, made explicit:
   - ``bonus_on_turn1=False`` (the ScoreRun default): turn-1 tokens get ``r1 + r2``, the exact
     gradient of ``E[r1 + r2]`` through ``y1``; the bonus acts only through ``y2``. The sum is
     then not the gradient of one objective, but each part is exact for its own.
-* **Per-term advantage scale** (``term_scale``). The two policy-gradient terms differ in scale
-  by about ``1+α`` (turn 2 carries the bonus), so under gradient clipping and AdamW the
-  turn-2 term dominated the update and turn 1 got almost none. ``term_scale="std"`` divides
-  each turn's advantages by their standard deviation over the batch (``+ 1e-6``; a term whose
-  advantages are all zero stays zero). The gradient is then
-  ``(1/σ1)·∇J1 + (1/σ2)·∇J2`` — a positive reweighting of the two terms' exact gradients
-  (``J1``: the return credited to turn 1, ``J2``: E[r̂2] through turn 2), each with unit
-  advantage scale; the KL terms are not rescaled. ``"none"`` keeps the raw advantages.
-  Not chosen: per-turn token-mean normalisation (each turn's log-prob sum divided by its
-  length, the gradient of a length-normalised objective) leaves the ``1+α`` ratio in place
-  when both turns are about as long, which is the common case; rescaling each term's
-  *parameter* gradient to a common norm balances exactly but needs a backward pass per term.
-  The per-turn gradient norms can be logged every step (``termGradNorms``, see
+* **What α does to the expected gradient.** Write ``g_t = E[∇log π(y_t|·) · R]`` for the
+  exact REINFORCE gradient through turn t's tokens with return R, and ``J2 = E[r2]``. Because
+  ``r̂2 = (1+α)·r2 − α·r1`` and ``r1`` is fixed once ``y2`` is sampled,
+
+  - through ``y2``: ``∇_{y2} E[r̂2] = (1+α)·∇_{y2} E[r2]``: α *scales* the correction's
+    gradient, it does not change its direction (``−α·r1`` has zero expected gradient there);
+  - through ``y1``: with ``bonus_on_turn1=False`` the return is ``r1 + r2`` (no α); with
+    ``bonus_on_turn1=True`` it is ``(1−α)·r1 + (1+α)·r2``, so α also changes *which* first
+    attempts are reinforced (a wrong one that gets fixed earns ``1+α``, a right one kept
+    right ``2``).
+
+  Hence, with the unshaped turn-1 credit, α acts only as the weight ``(1+α)`` of the turn-2
+  term relative to the turn-1 term: ``∇ ∝ ∇J1 + (1+α)·∇J2``. Any normalisation that rescales
+  each turn's advantages *separately* divides that weight out again and leaves α without
+  effect; normalisations that keep α must use one scale for both terms.
+* **Advantage scale** (``term_scale``); the gradient of the policy-gradient part under each:
+
+  - ``"shared"`` (the ScoreRun default): both turns' advantages are divided by one scale σ,
+    the population standard deviation of the ``2B`` values ``[A1; A2]`` (``+ 1e-6``; no
+    spread: unchanged). The gradient is ``(1/σ)·(∇J1 + (1+α)·∇J2)``: the step size is
+    normalised (robust to clipping and AdamW's scale) and the ``(1+α)`` weighting of the
+    correction survives. α = 10 and α = 0 give different updates on any batch where both
+    turns carry signal.
+  - ``"std"``: each turn's advantages divided by their own standard deviation. The gradient
+    is ``(1/σ1)·∇J1 + (1/σ2)·∇J2`` with ``σ2 ∝ (1+α)``, so the ``(1+α)`` cancels and the
+    update is the same for every α when ``bonus_on_turn1=False`` (kept for comparison with
+    earlier runs; it balances the turns at the price of disabling α).
+  - ``"none"``: raw advantages, ``∇J1 + (1+α)·∇J2`` unnormalised; with large α the turn-2
+    term dominates the clipped gradient norm.
+
+  The KL terms are not rescaled under any option. Not chosen: per-turn token-mean
+  normalisation (leaves the ``1+α`` ratio but makes the objective length-normalised);
+  rescaling each term's *parameter* gradient to a common norm (needs a backward pass per
+  term). The per-turn gradient norms can be logged every step (``termGradNorms``, see
   :func:`scoreops.training.steps.backward.backward_micro_batches`).
 """
 
@@ -71,10 +92,10 @@ if TYPE_CHECKING:
     import torch
 
 Baseline = Literal["loo", "mean", "none"]
-TermScale = Literal["none", "std"]
+TermScale = Literal["none", "std", "shared"]
 
-__all__ = ["Baseline", "TermScale", "scale_term", "shaped_turn2_reward", "stage1_loss",
-           "stage2_loss"]
+__all__ = ["Baseline", "TermScale", "scale_term", "scale_terms", "shaped_turn2_reward",
+           "stage1_loss", "stage2_loss"]
 
 
 def shaped_turn2_reward(
@@ -104,20 +125,39 @@ def _advantages(returns: torch.Tensor, group_size: int, baseline: Baseline) -> t
     raise ValueError(f"unknown baseline {baseline!r}; expected 'loo', 'mean' or 'none'")
 
 
+def _spread(values: torch.Tensor) -> float:
+    return 0.0 if values.numel() < 2 else float(values.std(unbiased=False))
+
+
 def scale_term(advantages: torch.Tensor, term_scale: TermScale, eps: float = 1e-6) -> torch.Tensor:
     """One policy-gradient term's advantages ``[B]`` after ``term_scale``: unchanged for
-    ``"none"``; for ``"std"`` divided by ``σ + eps``, σ their population standard deviation
-    over the batch. Advantages with no spread (all equal, or fewer than two) are unchanged."""
+    ``"none"``; for ``"std"`` and ``"shared"`` (one term: its own scale) divided by
+    ``σ + eps``, σ their population standard deviation over the batch. Advantages with no
+    spread (all equal, or fewer than two) are unchanged."""
+    return scale_terms([advantages], term_scale, eps)[0]
+
+
+def scale_terms(terms: list[torch.Tensor], term_scale: TermScale,
+                eps: float = 1e-6) -> list[torch.Tensor]:
+    """Several policy-gradient terms' advantages after ``term_scale`` (module docstring):
+    ``"none"`` unchanged; ``"std"`` each term by its own standard deviation; ``"shared"`` all
+    terms by the standard deviation of their concatenation, so their relative weights (SCoRe's
+    ``1+α``) survive. A term (or, for ``"shared"``, the whole set) with no spread is left
+    unchanged."""
+    import torch
+
     if term_scale == "none":
-        return advantages
-    if term_scale != "std":
-        raise ValueError(f"unknown term_scale {term_scale!r}; expected 'none' or 'std'")
-    if advantages.numel() < 2:
-        return advantages
-    std = advantages.std(unbiased=False)
-    if float(std) == 0.0:
-        return advantages
-    return advantages / (std + eps)
+        return list(terms)
+    if term_scale == "std":
+        out = []
+        for adv in terms:
+            std = _spread(adv)
+            out.append(adv if std == 0.0 else adv / (std + eps))
+        return out
+    if term_scale == "shared":
+        std = _spread(torch.cat([t.reshape(-1) for t in terms]))
+        return list(terms) if std == 0.0 else [t / (std + eps) for t in terms]
+    raise ValueError(f"unknown term_scale {term_scale!r}; expected 'none', 'std' or 'shared'")
 
 
 def _masked_sum(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -241,8 +281,9 @@ def stage2_loss(
         L  = mean_b[ −A1_b · Σ_{turn1} log π − A2_b · Σ_{turn2} log π
                      + β1 · (Σ_{turn1} KL_t + Σ_{turn2} KL_t) ]
 
-    ``S`` is :func:`scale_term` with ``term_scale``; the gradient each option computes is
-    derived in the module docstring (Stage II).
+    ``S`` is :func:`scale_terms` over ``[A1, A2]`` with ``term_scale`` (``"shared"``: one
+    scale for both, so the ``1+α`` weight of turn 2 survives; ``"std"``: one per turn, which
+    cancels it); the gradient each option computes is derived in the module docstring.
 
     Arguments as in :func:`stage1_loss`, plus turn-1 rewards ``r1 [B]`` and the shaping
     ``alpha``; ``terms_out`` is filled with ``"turn1"`` (``mean_b[−A1·Σ log π + β1·KL_turn1]``)
@@ -257,10 +298,10 @@ def stage2_loss(
                   mask1=mask1, mask2=mask2)
     r1f, r2f = r1.to(logp1.dtype), r2.to(logp2.dtype)
     shaped = shaped_turn2_reward(r1f, r2f, alpha)
-    adv1 = scale_term(_advantages(r1f + (shaped if bonus_on_turn1 else r2f), group_size,
-                                  baseline), term_scale)
     # r̂2 + α·r1 = (1+α)·r2: the per-episode part of r̂2 that turn 2 cannot change is removed
-    adv2 = scale_term(_advantages(shaped + alpha * r1f, group_size, baseline), term_scale)
+    adv1, adv2 = scale_terms(
+        [_advantages(r1f + (shaped if bonus_on_turn1 else r2f), group_size, baseline),
+         _advantages(shaped + alpha * r1f, group_size, baseline)], term_scale)
     seq1, kl1 = _turn_terms(logp1, ref_logp1, mask1, kl_estimator)
     seq2, kl2 = _turn_terms(logp2, ref_logp2, mask2, kl_estimator)
     pg1, pg2 = -(adv1.detach() * seq1), -(adv2.detach() * seq2)

@@ -116,13 +116,14 @@ class ScoreConfig(ApiModel):
             "the unshaped r1 + r2 and the bonus shapes only the correction."
         ),
     )
-    term_scale: Literal["none", "std"] = Field(
-        "std",
+    term_scale: Literal["shared", "std", "none"] = Field(
+        "shared",
         description=(
-            "Scale of each turn's policy-gradient term: std divides each turn's advantages by "
-            "their standard deviation over the batch, so the turn-2 term (which carries the "
-            "alpha bonus) does not swamp the turn-1 term under gradient clipping; none keeps "
-            "the raw advantages."
+            "Scale of the policy-gradient terms. shared: both turns' advantages are divided by "
+            "one standard deviation over the batch, so the update is normalised and the "
+            "(1+alpha) weight of the turn-2 term survives (alpha acts); std: each turn by its "
+            "own standard deviation, which divides the (1+alpha) out again (alpha has no "
+            "effect with bonusOnTurn1 false); none: raw advantages."
         ),
     )
     term_grad_norms: bool = Field(
