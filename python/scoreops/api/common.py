@@ -66,7 +66,17 @@ class GenerationSpec(ApiModel):
     system_prompt: str | None = Field(None, description="Optional system message.")
 
 
-StrategyName = Literal["single", "self-correct", "self-consistency", "best-of-n", "moa"]
+StrategyName = Literal["single", "self-correct", "self-consistency", "best-of-n", "moa",
+                       "guided"]
+CriticName = Literal["self-eval", "tool", "reward-model"]
+"""The step critics of ``guided`` (``scoreops.strategies.critics.CRITICS``)."""
+
+
+class CriticWeight(ApiModel):
+    """One critic of a weighted combination."""
+
+    name: CriticName = Field(description="self-eval, tool or reward-model.")
+    weight: float = Field(1.0, gt=0.0, le=100.0, description="Its weight in the mean.")
 
 
 class StrategySpec(ApiModel):
@@ -77,7 +87,8 @@ class StrategySpec(ApiModel):
         description=(
             "single: one attempt. self-correct: K turns, each after the correction "
             "instruction. self-consistency: N samples, majority vote. best-of-n: N samples "
-            "ranked by a verifier. moa: layers x agents with an aggregator."
+            "ranked by a verifier. moa: layers x agents with an aggregator. guided: "
+            "step-level beam search steered by a critic."
         ),
     )
     turns: int = Field(2, ge=1, le=8, description="Attempts for self-correct (K).")
@@ -107,12 +118,42 @@ class StrategySpec(ApiModel):
     early_stop: bool = Field(
         True, description="Stop self-correcting once an attempt repeats the previous answer."
     )
+    beam: int = Field(2, ge=1, le=16, description="guided: partial answers kept per step.")
+    expand: int = Field(
+        2, ge=1, le=16, description="guided: candidate next steps sampled per partial answer."
+    )
+    max_steps: int = Field(10, ge=1, le=64, description="guided: most steps per answer.")
+    step_delimiter: str = Field(
+        "\n", min_length=1, max_length=16, description="guided: the text that ends a step."
+    )
+    critic: CriticName = Field(
+        "self-eval",
+        description=(
+            "guided: what scores each step. self-eval: the model's probability that the step "
+            "is correct; tool: exact check of every 'a op b = c'; reward-model: a process "
+            "reward model (rewardModel)."
+        ),
+    )
+    critic_weights: list[CriticWeight] = Field(
+        default_factory=list,
+        max_length=3,
+        description="guided: several critics, their weighted mean (replaces critic).",
+    )
+    token_budget: int | None = Field(
+        None, ge=1, le=1_048_576,
+        description="guided: most tokens generated per answer, all candidates counted.",
+    )
 
     @model_validator(mode="after")
     def _coherent(self) -> StrategySpec:
         strategy = get_strategy(self.name)
         if self.verifier == "reward-model" and strategy.uses_verifier and not self.reward_model:
             raise ValueError("rewardModel is required when verifier is reward-model")
+        critics = [w.name for w in self.critic_weights] or [self.critic]
+        if strategy.uses_critic and "reward-model" in critics and not self.reward_model:
+            raise ValueError("rewardModel is required when a critic is reward-model")
+        if len(set(critics)) != len(critics):
+            raise ValueError("criticWeights: each critic at most once")
         if self.turns < strategy.min_turns:
             raise ValueError(f"turns must be at least {strategy.min_turns} for strategy "
                              f"{self.name}")

@@ -54,6 +54,8 @@ class StrategyResult:
     completion_tokens: int
     prompt_tokens: int
     notes: list[str] = field(default_factory=list)
+    #: ``guided``: the compact search tree (see :mod:`scoreops.strategies.guided`)
+    search: dict[str, Any] | None = None
 
 
 def resolve_extractors(

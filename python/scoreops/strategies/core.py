@@ -86,6 +86,7 @@ class StrategyRun:
     verifier_engine: RolloutEngine | None = None
     reward_fn: RewardFn | None = None
     pad_turns: bool = False
+    on_step: Callable[[int, str], None] | None = None
 
 
 def run_single(run: StrategyRun) -> list[StrategyResult]:
@@ -336,11 +337,19 @@ def run_moa(run: StrategyRun) -> list[StrategyResult]:
     return results
 
 
+def run_guided(run: StrategyRun) -> list[StrategyResult]:
+    """Step-level beam search steered by a critic (:mod:`scoreops.strategies.guided`)."""
+    from scoreops.strategies.guided import search_steps
+
+    return search_steps(run, run.on_step)
+
+
 #: The runners, by the name a :class:`~scoreops.strategies.registry.Strategy` gives as
 #: ``runner``.
 RUNNERS: dict[str, Callable[[StrategyRun], list[StrategyResult]]] = {
     f.__name__: f
-    for f in (run_single, run_self_correct, run_self_consistency, run_best_of_n, run_moa)
+    for f in (run_single, run_self_correct, run_self_consistency, run_best_of_n, run_moa,
+              run_guided)
 }
 
 
@@ -355,6 +364,7 @@ def run_strategy(
     verifier_engine: RolloutEngine | None = None,
     reward_fn: RewardFn | None = None,
     pad_turns: bool = False,
+    on_step: Callable[[int, str], None] | None = None,
 ) -> list[StrategyResult]:
     """Run an inference-time strategy on a batch of conversations; one result per conversation.
 
@@ -384,6 +394,9 @@ def run_strategy(
             (what evaluation uses, so that Acc@tK counts every item) appends the last
             attempt again for each skipped turn, marked ``carried=True``. ``turns_taken``
             always counts generated turns only.
+        on_step: guided only: ``(conversation index, text)`` receives the text of the steps
+            every kept partial answer shares, as they are fixed (pieces that concatenate to
+            a prefix of the final text).
     """
     if not conversations:
         return []
@@ -392,4 +405,4 @@ def run_strategy(
         engine=engine, conversations=[list(c) for c in conversations], strategy=strategy,
         params=params, extractors=resolve_extractors(extract, len(conversations)),
         agent_engines=agent_engines, verifier_engine=verifier_engine, reward_fn=reward_fn,
-        pad_turns=pad_turns))
+        pad_turns=pad_turns, on_step=on_step))

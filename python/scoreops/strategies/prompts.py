@@ -7,7 +7,7 @@ strategies' code.
 
 from __future__ import annotations
 
-__all__ = ["DEFAULT_AGGREGATOR_PROMPT", "SELF_EVAL_PROMPT"]
+__all__ = ["DEFAULT_AGGREGATOR_PROMPT", "GUIDED_SELF_EVAL_PROMPT", "SELF_EVAL_PROMPT"]
 
 #: The system prompt a moa aggregator gets above the numbered responses.
 DEFAULT_AGGREGATOR_PROMPT = (
@@ -19,3 +19,6 @@ DEFAULT_AGGREGATOR_PROMPT = (
 
 #: The question best-of-n's self-eval verifier asks after each candidate.
 SELF_EVAL_PROMPT = "Is this answer correct? Answer Yes or No."
+
+#: The question the guided strategy's self-eval critic asks after each candidate step.
+GUIDED_SELF_EVAL_PROMPT = "Is the last step of your answer above correct? Answer Yes or No."

@@ -19,6 +19,10 @@ The strategies (each runs on a batch of conversations; see
   conversation; each later layer sees the previous layer's answers in the aggregator prompt
   (a system message); then the main engine aggregates the last layer's answers into the
   final answer (attempt ``turn = layers + 1``).
+* ``guided``: feedback-guided decoding, a step-level beam search: ``strategy.beam`` partial
+  answers kept, ``strategy.expand`` candidate next steps sampled from each (a step ends at
+  ``strategy.step_delimiter``), each scored by ``strategy.critic`` (``self-eval``, ``tool``,
+  ``reward-model``, or ``criticWeights``); see :mod:`scoreops.strategies.guided`.
 """
 
 from __future__ import annotations
@@ -27,7 +31,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from scoreops.strategies.prompts import DEFAULT_AGGREGATOR_PROMPT, SELF_EVAL_PROMPT
+from scoreops.strategies.prompts import (
+    DEFAULT_AGGREGATOR_PROMPT,
+    GUIDED_SELF_EVAL_PROMPT,
+    SELF_EVAL_PROMPT,
+)
 
 __all__ = [
     "DEFAULT_STRATEGY",
@@ -50,6 +58,10 @@ class StrategySettings(Protocol):
     verifier: str
     instruction: str
     aggregator_prompt: str | None
+    beam: int
+    expand: int
+    max_steps: int
+    critic: str
 
 
 #: Tokens a follow-up user message with the given text adds to a conversation.
@@ -89,6 +101,10 @@ def _listed_responses(spec: StrategySettings, overhead: Overhead) -> tuple[int, 
     return spec.agents + 1, overhead(prompt) + 4 * spec.agents
 
 
+def _answer_and_step_question(spec: StrategySettings, overhead: Overhead) -> tuple[int, int]:
+    return 1, overhead(GUIDED_SELF_EVAL_PROMPT) + 3
+
+
 def _single_caption(spec: StrategySettings) -> str:
     return "single attempt"
 
@@ -109,6 +125,14 @@ def _agents_caption(spec: StrategySettings) -> str:
     return f"mixture of agents, {spec.layers} layers × {spec.agents} agents"
 
 
+def _search_caption(spec: StrategySettings) -> str:
+    weights = getattr(spec, "critic_weights", None)
+    critic = (" + ".join(f"{w.weight:g}·{w.name}" for w in weights) if weights
+              else spec.critic)
+    return (f"guided decoding, beam {spec.beam} × expand {spec.expand}, up to "
+            f"{spec.max_steps} steps, critic {critic}")
+
+
 @dataclass(frozen=True)
 class Strategy:
     """One strategy's properties.
@@ -121,6 +145,8 @@ class Strategy:
             and ``self-correct``. Otherwise turn 1 is the first sample and turn 2 the final
             (voted, ranked or aggregated) answer.
         uses_agent_models: the strategy loads ``StrategySpec.agent_models`` (``moa``).
+        uses_critic: the strategy scores its steps with ``StrategySpec.critic`` (``guided``),
+            so a ``reward-model`` critic needs a ``rewardModel``.
         uses_verifier: the strategy ranks its samples with ``StrategySpec.verifier``
             (``best-of-n``), so ``verifier: reward-model`` needs a ``rewardModel``.
         min_turns: the fewest ``StrategySpec.turns`` it accepts (self-correct: 2).
@@ -141,6 +167,7 @@ class Strategy:
     attempts_are_turns: bool = False
     uses_agent_models: bool = False
     uses_verifier: bool = False
+    uses_critic: bool = False
     min_turns: int = 1
     final_call: Callable[[StrategySettings], int | None] = _chosen_after_sampling
     context: Callable[[StrategySettings, Overhead], tuple[int, int]] = _one_generation
@@ -166,6 +193,8 @@ STRATEGIES: dict[str, Strategy] = {s.name: s for s in (
              context=_candidate_and_question, caption=_ranked_caption),
     Strategy("moa", "run_moa", uses_agent_models=True, final_call=_aggregator_call,
              context=_listed_responses, caption=_agents_caption),
+    Strategy("guided", "run_guided", uses_critic=True, context=_answer_and_step_question,
+             caption=_search_caption),
 )}
 
 #: The registered names, in registration order (for ``choices`` and help text).
