@@ -72,7 +72,17 @@ def cmd_validate(args: argparse.Namespace) -> int:
             continue
         for r in resources:
             print(f"{path}: {r.kind} {r.metadata.name!r} is valid")
+            refusal = _vllm_refusal(r)
+            if refusal:  # valid for a cluster (its images carry vLLM), not runnable here
+                print(f"{path}: note: `scoreops run` here would refuse it: {refusal}",
+                      file=sys.stderr)
     return status
+
+
+def _vllm_refusal(resource: Any) -> str | None:
+    from scoreops.vllm_env import vllm_refusal
+
+    return vllm_refusal(resource)
 
 
 def cmd_crds(args: argparse.Namespace) -> int:
@@ -114,6 +124,9 @@ def _local_runners() -> dict[type, Callable[[Any, argparse.Namespace], int]]:
 
 def cmd_run(args: argparse.Namespace) -> int:
     resource = _load(args.file)
+    refusal = _vllm_refusal(resource)
+    if refusal:  # before any model is loaded
+        return _fail(f"{args.file}: {refusal}", EXIT_INVALID)
     return _local_runners()[type(resource)](resource, args)
 
 
@@ -123,6 +136,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     resource = _load(args.file)
     if not isinstance(resource, EvalSuite):
         return _fail(f"{args.file} holds a {resource.kind}; `scoreops eval` takes an EvalSuite", 2)
+    refusal = _vllm_refusal(resource)
+    if refusal:
+        return _fail(f"{args.file}: {refusal}", EXIT_INVALID)
     return _run_evalsuite(resource, args)
 
 

@@ -35,6 +35,11 @@ def load_run(path: str) -> ScoreRun:
     res = parse_resource(doc)
     if not isinstance(res, ScoreRun):
         raise SystemExit(f"{path} holds a {res.kind}, not a ScoreRun")
+    from scoreops.vllm_env import vllm_refusal
+
+    refusal = vllm_refusal(res)
+    if refusal:  # before any model is loaded
+        raise SystemExit(f"{path}: {refusal}")
     return res
 
 

