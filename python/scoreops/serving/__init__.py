@@ -16,6 +16,8 @@
   queue-wait limit);
 * :mod:`~scoreops.serving.decode` — continuous batching for the hf backend: every turn of
   every request joins the running batch between decoding steps;
+  :mod:`~scoreops.serving.vllm_async` — the same contract on vLLM's async engine (vllm
+  backend: vLLM's scheduler batches, streams and aborts);
   :mod:`~scoreops.serving.requests` — one request's view of it (streaming, cancellation);
 * :mod:`~scoreops.serving.cli` — ``scoreops serve``, ``scoreops query`` and the entrypoint
   ``python -m scoreops.serving``, their options written once in

@@ -49,8 +49,8 @@ class ServingConfig(BaseModel):
         None, ge=1, description="torch intra-op threads for hf on CPU (default: torch's own)."
     )
     engine_batch_size: int = Field(
-        16, ge=1, description="Rows per forward pass for the hf backend; sequences the vllm "
-        "backend's KV cache holds on CPU."
+        16, ge=1, description="Rows per forward pass for the hf backend; sequences vLLM "
+        "schedules per engine step for the vllm backend (and its KV cache holds on CPU)."
     )
     default_max_tokens: int = Field(
         256, ge=1, description="max_tokens of a request that does not set it (capped by limits)."
@@ -63,7 +63,7 @@ class ServingConfig(BaseModel):
     workers: int | None = Field(
         None, ge=1,
         description="Engine calls run at once for backends without step-level batching "
-        "(vllm): default 1.",
+        "of their own: default 1 (hf and vllm batch every step and ignore it).",
     )
 
     @model_validator(mode="after")

@@ -3,8 +3,8 @@
 A streamed request starts once it has a running slot: a role chunk (chat) or the echoed
 prompt (completions), then ``: keep-alive`` comments every :data:`KEEPALIVE_SECONDS` while
 earlier turns run (they are not the answer), then the final turn's text as it is generated
-(hf backend; other backends send it when it is complete), the finish chunk, the usage chunk
-if asked for, and ``[DONE]``. An error after the stream started is sent as an
+(hf and vllm backends; the remote openai backend sends it when it is complete), the finish
+chunk, the usage chunk if asked for, and ``[DONE]``. An error after the stream started is sent as an
 ``{"error": ...}`` event. :class:`TrackedStream` frees the slot and counts the outcome when
 the stream ends, also when the client goes away first.
 """
