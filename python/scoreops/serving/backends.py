@@ -158,6 +158,11 @@ def _load_vllm(config: ServingConfig) -> LoadedBackend:
     dtype = resolve_dtype(config.dtype, device)
     kv_bytes = None
     if on_cpu:
+        if config.torch_threads:
+            # vLLM's CPU worker binds one OpenMP thread per core unless told not to; with
+            # --torch-threads N its engine core process runs N threads, as the hf backend does
+            os.environ["VLLM_CPU_OMP_THREADS_BIND"] = "nobind"
+            os.environ["OMP_NUM_THREADS"] = str(config.torch_threads)
         if max_model_len is None:
             raise ValueError("max_model_len is needed to size the KV cache on CPU")
         check_cpu_head_dim(hf_config, path)
