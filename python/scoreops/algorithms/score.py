@@ -175,9 +175,13 @@ def _turn_terms(
     ref_logp: torch.Tensor,
     mask: torch.Tensor,
     kl_estimator: KLEstimator,
+    pg_weight: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(Σ_t log π over the turn, Σ_t KL estimate over the turn), each ``[B]``."""
-    return _masked_sum(logp, mask), _masked_sum(per_token_kl(logp, ref_logp, kl_estimator), mask)
+    """(Σ_t w_t·log π over the turn, Σ_t KL estimate over the turn), each ``[B]``; ``w`` is
+    ``pg_weight`` (detached importance weights, see :mod:`scoreops.algorithms.importance`)
+    or 1."""
+    seq = logp if pg_weight is None else logp * pg_weight.detach().to(logp.dtype)
+    return _masked_sum(seq, mask), _masked_sum(per_token_kl(logp, ref_logp, kl_estimator), mask)
 
 
 def _stats(loss: torch.Tensor, pg: torch.Tensor, kl1: torch.Tensor, kl2: torch.Tensor,
@@ -212,6 +216,7 @@ def stage1_loss(
     r1: torch.Tensor | None = None,
     term_scale: TermScale = "none",
     terms_out: dict[str, torch.Tensor] | None = None,
+    pg_weight: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """SCoRe stage I loss (to minimise)::
 
@@ -230,6 +235,9 @@ def stage1_loss(
         terms_out: when given, filled with ``"turn1"`` and ``"turn2"``: the loss split by the
             tokens it differentiates (``mean_b[β2·KL_turn1]`` and
             ``mean_b[−A2·Σ log π + β1·KL_turn2]``; they sum to ``L``).
+        pg_weight: ``[B, T]`` detached per-token weights of the policy-gradient sums
+            (``Σ_t w_t·log π``: the truncated importance weights of
+            :mod:`scoreops.algorithms.importance`); ``None``: 1. The KL terms are unweighted.
 
     Returns:
         ``(loss, stats)``; stats are floats: ``loss``, ``pg_loss``, ``kl_turn1``, ``kl_turn2``
@@ -240,7 +248,7 @@ def stage1_loss(
                   mask1=mask1, mask2=mask2)
     adv2 = scale_term(_advantages(r2.to(logp2.dtype), group_size, baseline), term_scale)
     _, kl1 = _turn_terms(logp1, ref_logp1, mask1, kl_estimator)
-    seq2, kl2 = _turn_terms(logp2, ref_logp2, mask2, kl_estimator)
+    seq2, kl2 = _turn_terms(logp2, ref_logp2, mask2, kl_estimator, pg_weight)
     pg = -(adv2.detach() * seq2)
     loss = (pg + beta2 * kl1 + beta1 * kl2).mean()
     if terms_out is not None:
@@ -271,6 +279,7 @@ def stage2_loss(
     bonus_on_turn1: bool = True,
     term_scale: TermScale = "none",
     terms_out: dict[str, torch.Tensor] | None = None,
+    pg_weight: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """SCoRe stage II loss (to minimise)::
 
@@ -285,8 +294,8 @@ def stage2_loss(
     scale for both, so the ``1+α`` weight of turn 2 survives; ``"std"``: one per turn, which
     cancels it); the gradient each option computes is derived in the module docstring.
 
-    Arguments as in :func:`stage1_loss`, plus turn-1 rewards ``r1 [B]`` and the shaping
-    ``alpha``; ``terms_out`` is filled with ``"turn1"`` (``mean_b[−A1·Σ log π + β1·KL_turn1]``)
+    Arguments as in :func:`stage1_loss` (``pg_weight`` too), plus turn-1 rewards ``r1 [B]``
+    and the shaping ``alpha``; ``terms_out`` is filled with ``"turn1"`` (``mean_b[−A1·Σ log π + β1·KL_turn1]``)
     and ``"turn2"`` (the same for turn 2).
 
     Returns:
@@ -302,8 +311,8 @@ def stage2_loss(
     adv1, adv2 = scale_terms(
         [_advantages(r1f + (shaped if bonus_on_turn1 else r2f), group_size, baseline),
          _advantages(shaped + alpha * r1f, group_size, baseline)], term_scale)
-    seq1, kl1 = _turn_terms(logp1, ref_logp1, mask1, kl_estimator)
-    seq2, kl2 = _turn_terms(logp2, ref_logp2, mask2, kl_estimator)
+    seq1, kl1 = _turn_terms(logp1, ref_logp1, mask1, kl_estimator, pg_weight)
+    seq2, kl2 = _turn_terms(logp2, ref_logp2, mask2, kl_estimator, pg_weight)
     pg1, pg2 = -(adv1.detach() * seq1), -(adv2.detach() * seq2)
     pg = pg1 + pg2
     loss = (pg + beta1 * (kl1 + kl2)).mean()
