@@ -50,7 +50,11 @@ from typing import Any
 SUFFIX = " Reply with the result only, in the form 'Answer: N'."
 INSTRUCTION = ("There might be an error in your answer. Check it and give the correct result, "
                "in the form 'Answer: N'.")
+ORACLE_CORRECT = "Your answer is correct. Give it again, in the form 'Answer: N'."
+ORACLE_INCORRECT = ("Your answer is incorrect. Try again: give a different answer, in the form "
+                    "'Answer: N'.")
 ARMS = ("base", "grpo", "naive", "score", "mgrpo", "oracle")
+CHANGE_RATES = ("change_if_wrong", "change_if_right", "changes_fixing")
 CONTRASTS = (("score", "grpo", "acc_t2"), ("score", "naive", "acc_t2"),
              ("score", "naive", "delta"), ("mgrpo", "grpo", "acc_t2"))
 
@@ -59,7 +63,7 @@ CONTRASTS = (("score", "grpo", "acc_t2"), ("score", "naive", "acc_t2"),
 
 
 def write_data(args: argparse.Namespace, root: Path) -> tuple[str, str]:
-    """Training and held-out items (disjoint questions), the task's prompt + SUFFIX."""
+    """Training and held-out items (disjoint questions), the task's prompt + ``--suffix``."""
     from scoreops.data import generate_items, normalize_question, save_items
     from scoreops.data.items import Item
 
@@ -72,9 +76,9 @@ def write_data(args: argparse.Namespace, root: Path) -> tuple[str, str]:
         key = normalize_question(it.question)
         if key not in seen:
             seen.add(key)
-            # every item ends with the same "Answer: N" instruction (the built-in addition
+            # every item ends with the same answer-form instruction (the built-in addition
             # task's own "Answer with only the number." is replaced by it)
-            question = it.question.removesuffix(" Answer with only the number.") + SUFFIX
+            question = it.question.removesuffix(" Answer with only the number.") + args.suffix
             unique.append(Item(id=it.id, question=question, answer=it.answer,
                                source=it.source, meta={}))
     random.Random(0).shuffle(unique)
@@ -91,8 +95,9 @@ def write_data(args: argparse.Namespace, root: Path) -> tuple[str, str]:
 def spec_for(arm: str, seed: int, args: argparse.Namespace, data: tuple[str, str],
              output: str) -> dict[str, Any]:
     stage1 = round(args.steps * args.stage1_fraction)
-    score = {"stage1Steps": stage1, "stage2Steps": args.steps - stage1, "alpha": 10.0,
-             "beta1": 0.01, "beta2": 0.1, "bonusOnTurn1": False, "termScale": "std"}
+    score = {"stage1Steps": stage1, "stage2Steps": args.steps - stage1, "alpha": args.alpha,
+             "beta1": 0.01, "beta2": 0.1, "bonusOnTurn1": False,
+             "termScale": args.term_scale}
     algorithm: dict[str, Any] = {
         "grpo": {"name": "grpo", "grpo": {"steps": args.steps, "beta": 0.001}},
         "naive": {"name": "score", "score": {"stage1Steps": 0, "stage2Steps": args.steps,
@@ -105,22 +110,28 @@ def spec_for(arm: str, seed: int, args: argparse.Namespace, data: tuple[str, str
     return {
         "model": {"uri": args.model},
         "dataset": {"train": {"uri": data[0]}, "eval": {"uri": data[1]}, "seed": seed,
-                    "verifier": "math"},
+                    "verifier": args.verifier},
         "algorithm": algorithm,
         "rollout": {"engine": "hf", "turns": 2, "samplesPerPrompt": args.samples,
                     "temperature": args.temperature, "maxNewTokens": args.max_new_tokens,
-                    "correctionInstruction": INSTRUCTION,
-                    "feedback": "oracle" if arm == "oracle" else "none"},
+                    "correctionInstruction": args.instruction,
+                    "feedback": "oracle" if arm == "oracle" else "none",
+                    "oracle": oracle_spec(args)},
         "optim": {"learningRate": args.lr, "batchSize": args.batch,
                   "microBatchSize": args.batch * args.samples, "warmupRatio": 0.0,
                   "schedule": "constant", "maxGradNorm": 1.0},
         "resources": {"precision": "fp32"},
         "checkpoint": {"everySteps": args.steps, "keep": 1},
         "evaluation": {"enabled": True, "compareBase": False,
-                       "maxNewTokens": args.max_new_tokens},
+                       "maxNewTokens": args.max_new_tokens, "samples": args.eval_samples},
         "output": {"uri": output},
         "seed": seed,
     }
+
+
+def oracle_spec(args: argparse.Namespace) -> dict[str, Any]:
+    return {"correct": args.oracle_correct, "incorrect": args.oracle_incorrect,
+            "stopWhenCorrect": args.oracle_stop}
 
 
 def scorerun(spec: dict[str, Any], name: str) -> Any:
@@ -133,8 +144,24 @@ def scorerun(spec: dict[str, Any], name: str) -> Any:
 # --------------------------------------------------------------------------- runs
 
 
+def _eval_entry(res: Any, seconds: float) -> dict[str, Any]:
+    """What a run file keeps of one evaluation: the metrics, the change rates, and per item
+    each turn's verdict and extracted answer (the first 5 outputs too)."""
+    from scoreops.metrics import change_rates
+
+    correct = [r["correct"] for r in res.records]
+    extracted = [r["extracted"] for r in res.records]
+    return {"metrics": res.metrics.to_dict(), "changes": change_rates(extracted, correct),
+            "correct": correct, "extracted": extracted,
+            "outputs": [r["outputs"] for r in res.records[:5]],
+            "eval_seconds": round(seconds, 1)}
+
+
 def evaluate_base(args: argparse.Namespace, data: tuple[str, str]) -> dict[str, Any]:
-    """The base model, evaluated three ways (instruction, guide phrase, oracle feedback)."""
+    """The base model, evaluated three ways (instruction, guide phrase, oracle feedback),
+    greedily and, with ``--eval-samples``, sampled at the training temperature."""
+    from types import SimpleNamespace
+
     from scoreops.api.scorerun import MGRPO_GUIDE_PHRASES
     from scoreops.data import load_items
     from scoreops.models import load_model
@@ -145,18 +172,24 @@ def evaluate_base(args: argparse.Namespace, data: tuple[str, str]) -> dict[str, 
     model, tok = load_model(args.model)
     engine = HFEngine(model, tok, max_batch_size=64)
     held = load_items(data[1])
+    oracle = SimpleNamespace(correct=args.oracle_correct, incorrect=args.oracle_incorrect,
+                             stop_when_correct=args.oracle_stop)
+    modes = [("", {})]
+    if args.eval_samples:
+        modes.append((" (sampled)", {"samples": args.eval_samples,
+                                     "temperature": args.temperature}))
     out: dict[str, Any] = {}
-    for label, kw in (("instruction", {}),
-                      ("guide", {"guide_phrases": MGRPO_GUIDE_PHRASES}),
-                      ("oracle", {"feedback": "oracle"})):
-        t0 = time.perf_counter()
-        res = evaluate_items(engine, held, make_verifier("math"), instruction=INSTRUCTION,
-                             turns=2, max_new_tokens=args.max_new_tokens, **kw)
-        out[label] = {"metrics": res.metrics.to_dict(),
-                      "correct": [r["correct"] for r in res.records],
-                      "outputs": [r["outputs"] for r in res.records[:5]],
-                      "eval_seconds": round(time.perf_counter() - t0, 1)}
-        print(f"base/{label}: {json.dumps(out[label]['metrics'])[:300]}", flush=True)
+    for suffix, mode in modes:
+        for label, kw in (("instruction", {}),
+                          ("guide", {"guide_phrases": MGRPO_GUIDE_PHRASES}),
+                          ("oracle", {"feedback": "oracle", "oracle": oracle})):
+            t0 = time.perf_counter()
+            res = evaluate_items(engine, held, make_verifier(args.verifier),
+                                 instruction=args.instruction, turns=2,
+                                 max_new_tokens=args.max_new_tokens, **kw, **mode)
+            out[label + suffix] = _eval_entry(res, time.perf_counter() - t0)
+            print(f"base/{label}{suffix}: "
+                  f"{json.dumps(out[label + suffix]['metrics'])[:300]}", flush=True)
     return out
 
 
@@ -170,6 +203,7 @@ def train_arm(arm: str, seed: int, args: argparse.Namespace, data: tuple[str, st
     result = Trainer(run, fresh=True).run_training()
     seconds = time.perf_counter() - t0
     ev = result.evals["trained"]
+    sampled = result.evals.get("trained (sampled)")
     keep = ("reward_t1", "reward_t2", "generated_tokens", "grad_norm", "grad_norm_turn1",
             "grad_norm_turn2", "layer2_groups", "i2c", "c2i", "kl_turn1", "kl_turn2",
             "layer1_kl", "kl", "seconds")
@@ -178,10 +212,10 @@ def train_arm(arm: str, seed: int, args: argparse.Namespace, data: tuple[str, st
         "arm": arm, "seed": seed, "steps": result.step,
         "generated_tokens": int(sum(m.get("generated_tokens", 0) for m in result.metrics)),
         "seconds": round(seconds, 1),
-        "metrics": ev.metrics.to_dict(),
-        "correct": [r["correct"] for r in ev.records],
-        "outputs": [r["outputs"] for r in ev.records[:5]],
+        **_eval_entry(ev, 0.0),
+        **({"sampled": _eval_entry(sampled, 0.0)} if sampled is not None else {}),
         "per_step": [{k: m[k] for k in keep if k in m} for m in result.metrics],
+        "commit": args.commit,
     }
 
 
@@ -243,6 +277,15 @@ def summarise(base: dict[str, Any] | None, runs: list[dict[str, Any]]) -> dict[s
         summary["arms"][arm] = {
             m: across_seeds([r["metrics"][m] for r in rs])
             for m in ("acc_t1", "acc_t2", "delta", "delta_i2c", "delta_c2i")}
+        if all("changes" in r for r in rs):
+            summary["arms"][arm].update({
+                m: across_seeds([r["changes"][m] for r in rs]) for m in CHANGE_RATES})
+        if all("sampled" in r for r in rs):
+            summary["arms"][arm]["sampled"] = {
+                m: across_seeds([r["sampled"]["metrics"][m] for r in rs])
+                for m in ("acc_t1", "acc_t2", "delta", "delta_i2c", "delta_c2i")} | {
+                m: across_seeds([r["sampled"]["changes"][m] for r in rs])
+                for m in CHANGE_RATES}
         summary["arms"][arm]["generated_tokens"] = across_seeds(
             [float(r["generated_tokens"]) for r in rs])
         summary["arms"][arm]["seeds"] = [r["seed"] for r in rs]
@@ -251,6 +294,11 @@ def summarise(base: dict[str, Any] | None, runs: list[dict[str, Any]]) -> dict[s
             res = paired_bootstrap([r["correct"] for r in arms[a]],
                                    [r["correct"] for r in arms[b]], metric)
             summary["contrasts"].append({"a": a, "b": b, "metric": metric, **res})
+            if all("sampled" in r for r in arms[a] + arms[b]):
+                res = paired_bootstrap([r["sampled"]["correct"] for r in arms[a]],
+                                       [r["sampled"]["correct"] for r in arms[b]], metric)
+                summary["contrasts"].append({"a": a, "b": b, "metric": metric,
+                                             "mode": "sampled", **res})
     if base is not None:
         summary["base"] = {k: v["metrics"] for k, v in base.items()}
     return summary
@@ -289,6 +337,33 @@ def table(base: dict[str, Any] | None, runs: list[dict[str, Any]], summary: dict
         lines.append(row(r["arm"] + (" (extrinsic)" if r["arm"] == "oracle" else ""),
                          str(r["seed"]), f"{r['steps']} ({signal})", r["generated_tokens"],
                          r["metrics"]))
+        if "sampled" in r:
+            lines.append(row(r["arm"] + " (sampled)", str(r["seed"]), "", "",
+                             r["sampled"]["metrics"]))
+    lines += ["", "Change rates: how often the second attempt changed the first answer "
+              "(given turn 1 wrong / right) and the share of changes that fixed it (Wilson "
+              "95%):", "",
+              "| evaluation | seed | P(change \\| t1 wrong) | P(change \\| t1 right) | "
+              "changes fixing | changes |",
+              "| --- | --- | --- | --- | --- | --- |"]
+
+    def change_row(name: str, seed: str, c: dict[str, Any]) -> str:
+        def cell(k: str) -> str:
+            lo, hi = c["ci"][k]
+            return f"{c[k]:.2f} [{lo:.2f}, {hi:.2f}]"
+        return (f"| {name} | {seed} | {cell('change_if_wrong')} | {cell('change_if_right')} | "
+                f"{cell('changes_fixing')} | {c['changed']} |")
+
+    if base is not None:
+        for label, v in base.items():
+            if "changes" in v:
+                lines.append(change_row(f"base ({label})", "-", v["changes"]))
+    for r in sorted(runs, key=lambda r: (ARMS.index(r["arm"]), r["seed"])):
+        if "changes" in r:
+            lines.append(change_row(r["arm"], str(r["seed"]), r["changes"]))
+        if "sampled" in r:
+            lines.append(change_row(r["arm"] + " (sampled)", str(r["seed"]),
+                                    r["sampled"]["changes"]))
     lines += ["", "Across seeds (mean [95% t interval over seeds]):", "",
               "| arm | seeds | gen. tokens | Acc@t1 | Acc@t2 | Δ(t1,t2) | Δi→c | Δc→i |",
               "| --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -300,6 +375,11 @@ def table(base: dict[str, Any] | None, runs: list[dict[str, Any]], summary: dict
         lines.append(f"| {name} | {len(s['seeds'])} | {s['generated_tokens']['mean']:.0f} | "
                      f"{_fmt_ci(s['acc_t1'])} | {_fmt_ci(s['acc_t2'])} | {_fmt_ci(s['delta'])} | "
                      f"{_fmt_ci(s['delta_i2c'])} | {_fmt_ci(s['delta_c2i'])} |")
+        if "sampled" in s:
+            ss = s["sampled"]
+            lines.append(f"| {name} (sampled) | {len(s['seeds'])} | | {_fmt_ci(ss['acc_t1'])} | "
+                         f"{_fmt_ci(ss['acc_t2'])} | {_fmt_ci(ss['delta'])} | "
+                         f"{_fmt_ci(ss['delta_i2c'])} | {_fmt_ci(ss['delta_c2i'])} |")
     norms = [(r["seed"], m["grad_norm_turn1"], m["grad_norm_turn2"]) for r in runs
              if r["arm"] == "score" for m in r["per_step"] if "grad_norm_turn1" in m]
     if norms:
@@ -311,16 +391,20 @@ def table(base: dict[str, Any] | None, runs: list[dict[str, Any]], summary: dict
                   "| contrast | estimate | 95% interval | P(≤ 0) | seeds | items |",
                   "| --- | --- | --- | --- | --- | --- |"]
         for c in summary["contrasts"]:
-            lines.append(f"| {c['metric']}({c['a']}) − {c['metric']}({c['b']}) | "
+            mode = " (sampled)" if c.get("mode") == "sampled" else ""
+            lines.append(f"| {c['metric']}({c['a']}) − {c['metric']}({c['b']}){mode} | "
                          f"{c['estimate']:+.3f} | [{c['ci'][0]:+.3f}, {c['ci'][1]:+.3f}] | "
                          f"{c['p_le_0']:.3f} | {c['seeds']} | {c['items']} |")
     return "\n".join(lines) + "\n"
 
 
 def criteria(summary: dict[str, Any]) -> str:
-    """The pre-registered criteria (docs/results.md), each met / not met with its numbers."""
-    arms, base = summary["arms"], summary.get("base", {})
-    contrast = {(c["a"], c["b"], c["metric"]): c for c in summary["contrasts"]}
+    """Experiment 3's pre-registered criteria (docs/results.md), each met / not met with its
+    numbers; every criterion is judged on the greedy evaluation, and the same numbers of the
+    sampled evaluation (``--eval-samples``) are given beside it."""
+    arms = summary["arms"]
+    contrast = {(c["a"], c["b"], c["metric"], c.get("mode", "greedy")): c
+                for c in summary["contrasts"]}
 
     def seeds(arm: str) -> int:
         return len(arms.get(arm, {}).get("seeds", []))
@@ -329,40 +413,50 @@ def criteria(summary: dict[str, Any]) -> str:
         return "no interval (1 seed)" if s.get("ci") is None else \
             f"[{s['ci'][0]:+.3f}, {s['ci'][1]:+.3f}]"
 
-    def above(s: dict[str, Any] | None) -> bool:
-        return s is not None and s.get("ci") is not None and s["ci"][0] > 0
-
     def verdict(ok: bool) -> str:
         return "**met**" if ok else "**not met**"
 
+    def boot(c: dict[str, Any] | None) -> str:
+        if c is None:
+            return "n/a"
+        return (f"{c['estimate']:+.3f}, bootstrap 95% [{c['ci'][0]:+.3f}, {c['ci'][1]:+.3f}] "
+                f"({c['seeds']} seeds)")
+
     lines = []
-    c = contrast.get(("score", "grpo", "acc_t2"))
-    if c:
-        lines.append(f"- P1 Acc@t2(score) − Acc@t2(grpo) = {c['estimate']:+.3f}, bootstrap 95% "
-                     f"[{c['ci'][0]:+.3f}, {c['ci'][1]:+.3f}] ({c['seeds']} seeds): "
-                     f"{verdict(c['ci'][0] > 0)}.")
-    if "score" in arms:
-        d = arms["score"]["delta"]
-        cn = contrast.get(("score", "naive", "delta"))
-        both = above(d) and cn is not None and cn["ci"][0] > 0
-        extra = "" if cn is None else (f"; Δ(score) − Δ(naive) = {cn['estimate']:+.3f}, "
-                                       f"bootstrap 95% [{cn['ci'][0]:+.3f}, {cn['ci'][1]:+.3f}]")
-        lines.append(f"- P2 Δ(score) = {d['mean']:+.3f}, t 95% {interval(d)} ({seeds('score')} "
-                     f"seeds){extra}: {verdict(both)}.")
     if "oracle" in arms:
         d = arms["oracle"]["delta"]
-        lines.append(f"- C1 Δ(oracle, extrinsic) = {d['mean']:+.3f}, t 95% {interval(d)} "
-                     f"({seeds('oracle')} seeds): {verdict(above(d))}.")
-    c = contrast.get(("mgrpo", "grpo", "acc_t2"))
+        ok = d["mean"] >= 0.10 and d.get("ci") is not None and d["ci"][0] > 0
+        extra = ""
+        if "sampled" in arms["oracle"]:
+            ds = arms["oracle"]["sampled"]["delta"]
+            extra = f"; sampled: {ds['mean']:+.3f} {interval(ds)}"
+        lines.append(f"- C1 (positive control) Δ(oracle) = {d['mean']:+.3f}, t 95% {interval(d)} "
+                     f"({seeds('oracle')} seeds), needs ≥ +0.10 with the interval above 0"
+                     f"{extra}: {verdict(ok)}.")
+    c = contrast.get(("score", "naive", "delta", "greedy"))
+    if c:
+        cs = contrast.get(("score", "naive", "delta", "sampled"))
+        lines.append(f"- P1 Δ(score) − Δ(naive) = {boot(c)}; sampled: {boot(cs)}: "
+                     f"{verdict(c['ci'][0] > 0)}.")
+    c = contrast.get(("score", "grpo", "acc_t2", "greedy"))
+    if c:
+        cs = contrast.get(("score", "grpo", "acc_t2", "sampled"))
+        ok = c["estimate"] >= 0 and c["ci"][0] > -0.05
+        lines.append(f"- P2 Acc@t2(score) − Acc@t2(grpo) = {boot(c)} (met when ≥ 0 with the "
+                     f"interval's lower end above −0.05); sampled: {boot(cs)}: {verdict(ok)}.")
+    if "score" in arms:
+        i2c, c2i = arms["score"]["delta_i2c"]["mean"], arms["score"]["delta_c2i"]["mean"]
+        extra = ""
+        if "sampled" in arms["score"]:
+            ss = arms["score"]["sampled"]
+            extra = (f"; sampled: Δc→i {ss['delta_c2i']['mean']:.3f} vs Δi→c "
+                     f"{ss['delta_i2c']['mean']:.3f}")
+        lines.append(f"- P3 Δc→i(score) = {c2i:.3f} ≤ ¼ · Δi→c(score) = {i2c / 4:.3f}"
+                     f"{extra}: {verdict(i2c > 0 and c2i <= i2c / 4)}.")
+    c = contrast.get(("mgrpo", "grpo", "acc_t2", "greedy"))
     if c and "mgrpo" in arms:
-        bg = base.get("guide", {}).get("delta")
-        ref = "" if bg is None else f" (base model under the same guide phrases: {bg:+.3f})"
-        lines.append(f"- S1 Acc@t2(mgrpo) − Acc@t2(grpo) = {c['estimate']:+.3f}, bootstrap 95% "
-                     f"[{c['ci'][0]:+.3f}, {c['ci'][1]:+.3f}]; Δ(mgrpo) = "
-                     f"{arms['mgrpo']['delta']['mean']:+.3f}{ref}.")
-    if "score" in arms and "instruction" in base:
-        c2i, b = arms["score"]["delta_c2i"]["mean"], base["instruction"]["delta_c2i"]
-        lines.append(f"- S2 Δc→i(score) = {c2i:.3f} vs base {b:.3f}: {verdict(c2i <= b)}.")
+        lines.append(f"- S1 Acc@t2(mgrpo) − Acc@t2(grpo) = {boot(c)}; Δ(mgrpo) = "
+                     f"{arms['mgrpo']['delta']['mean']:+.3f} (reported, no criterion).")
     return "\n".join(lines) + "\n"
 
 
@@ -422,6 +516,22 @@ def write_report(out: Path, settings: dict[str, Any]) -> None:
     print(md, flush=True)
 
 
+def _commit() -> str:
+    """The commit of the code this process runs, with ``+dirty`` when the tree has changes
+    (each run file records it: a run must say which code it imported)."""
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
+                              text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "python", "bench"],
+                               cwd=root, capture_output=True, text=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("+dirty" if dirty else "")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -444,6 +554,23 @@ def main() -> None:
     p.add_argument("--grad-norms", action="store_true",
                    help="log each turn's gradient norm in the score arm (one more backward "
                         "per step)")
+    p.add_argument("--suffix", default=SUFFIX,
+                   help="appended to every question (the answer form)")
+    p.add_argument("--instruction", default=INSTRUCTION,
+                   help="the correction instruction before the second attempt")
+    p.add_argument("--oracle-correct", default=ORACLE_CORRECT,
+                   help="the oracle's whole message after a right answer")
+    p.add_argument("--oracle-incorrect", default=ORACLE_INCORRECT,
+                   help="the oracle's whole message after a wrong answer")
+    p.add_argument("--oracle-stop", action="store_true",
+                   help="the oracle stops after a right answer (it stands for turn 2)")
+    p.add_argument("--verifier", default="math",
+                   help="how answers are checked (math, exact, choice, ...)")
+    p.add_argument("--alpha", type=float, default=10.0, help="SCoRe's shaping weight")
+    p.add_argument("--term-scale", default="shared", choices=("shared", "std", "none"),
+                   help="SCoRe's advantage scale (see scoreops.algorithms.score)")
+    p.add_argument("--eval-samples", type=int, default=0,
+                   help="also evaluate with this many samples per item at --temperature")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's choice)")
     p.add_argument("--out", default=None)
     p.add_argument("--report-only", action="store_true")
@@ -452,7 +579,8 @@ def main() -> None:
     (out / "runs").mkdir(parents=True, exist_ok=True)
     settings = {k: v for k, v in vars(args).items()
                 if k not in ("out", "report_only", "arms")}  # arms: may be split over processes
-    settings.update(suffix=SUFFIX, instruction=INSTRUCTION)
+    args.commit = _commit()
+    settings["commit"] = args.commit
     if args.report_only:
         write_report(out, settings)
         return

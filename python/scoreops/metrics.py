@@ -26,6 +26,7 @@ __all__ = [
     "CorrectionMetrics",
     "PairedCounts",
     "accuracy_with_ci",
+    "change_rates",
     "correction_metrics",
     "newcombe_paired_interval",
     "paired_counts",
@@ -206,3 +207,68 @@ def accuracy_with_ci(correct: Sequence[bool], confidence: float = 0.95) -> tuple
     k = sum(1 for c in correct if c)
     return (k / n if n else 0.0), wilson_interval(k, n, confidence)
 
+
+
+def _same_answer(a: Any, b: Any) -> bool:
+    """Two extracted answers are the same when both are missing or equal after lower-casing,
+    collapsing whitespace and dropping a trailing full stop."""
+    if a is None or b is None:
+        return a is None and b is None
+
+    def norm(x: Any) -> str:
+        return " ".join(str(x).lower().split()).rstrip(".").strip()
+
+    return norm(a) == norm(b)
+
+
+def change_rates(
+    extracted: Sequence[Sequence[Any]], correct: Sequence[Sequence[bool]],
+    confidence: float = 0.95,
+) -> dict[str, Any]:
+    """How often the second attempt *changed* the first attempt's answer, and to what effect:
+    the behaviour behind Δ.
+
+    ``extracted[i][t]`` is sample i's extracted answer at turn t (None: none found),
+    ``correct[i][t]`` its verdict. Returns (each rate with a Wilson interval in ``ci``):
+
+    * ``change_if_wrong``: P(answer changed | turn 1 wrong);
+    * ``change_if_right``: P(answer changed | turn 1 right);
+    * ``changes_fixing``: the share of changes that turned a wrong answer into a right one
+      (``i2c / changed``);
+    * the counts ``changed``, ``wrong_t1``, ``right_t1``.
+
+    A policy that flips every answer has both change rates near 1 and Δ = i2c − c2i decided
+    by its first-turn accuracy; one that learned *which* answers to change has
+    ``change_if_wrong ≫ change_if_right`` and ``changes_fixing`` near 1. With a single turn
+    every rate is 0.
+    """
+    if len(extracted) != len(correct):
+        raise ValueError(f"{len(extracted)} answer rows for {len(correct)} verdict rows")
+    wrong = right = changed_wrong = changed_right = fixed = 0
+    for ans, ok in zip(extracted, correct, strict=True):
+        changed = len(ans) >= 2 and len(ok) >= 2 and not _same_answer(ans[0], ans[1])
+        if ok[0]:
+            right += 1
+            changed_right += changed
+        else:
+            wrong += 1
+            changed_wrong += changed
+            fixed += changed and len(ok) > 1 and bool(ok[1])
+    changed_total = changed_wrong + changed_right
+
+    def rate(k: int, n: int) -> float:
+        return k / n if n else 0.0
+
+    return {
+        "change_if_wrong": rate(changed_wrong, wrong),
+        "change_if_right": rate(changed_right, right),
+        "changes_fixing": rate(fixed, changed_total),
+        "changed": changed_total,
+        "wrong_t1": wrong,
+        "right_t1": right,
+        "ci": {
+            "change_if_wrong": list(wilson_interval(changed_wrong, wrong, confidence)),
+            "change_if_right": list(wilson_interval(changed_right, right, confidence)),
+            "changes_fixing": list(wilson_interval(fixed, changed_total, confidence)),
+        },
+    }

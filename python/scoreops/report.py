@@ -149,7 +149,9 @@ def correction_rows(
     label: str = "Approach",
     ci: bool = True,
 ) -> list[dict[str, Any]]:
-    """Rows of a SCoRe-style table (Acc@t1, Acc@t2, Δ, Δi→c, Δc→i, n), one per entry.
+    """Rows of a SCoRe-style table (Acc@t1, Acc@t2, Δ, Δi→c, Δc→i, n), one per entry; with
+    the change rates (``change_if_wrong``, ``change_if_right``, ``changes_fixing``) where the
+    metrics have them.
 
     ``results`` maps a row label (a model, "base" / "trained", …) to metrics with the keys
     of :meth:`scoreops.metrics.CorrectionMetrics.to_dict` (``acc_t1``, ``acc_t2``,
@@ -174,8 +176,14 @@ def correction_rows(
             "Δ(t1,t2)": cell("delta", signed=True),
             "Δi→c(t1,t2)": cell("delta_i2c"),
             "Δc→i(t1,t2)": cell("delta_c2i"),
-            "n": m.get("n"),
         })
+        if "change_if_wrong" in m:  # the change rates (scoreops.metrics.change_rates)
+            rows[-1].update({
+                "P(change|t1 wrong)": cell("change_if_wrong"),
+                "P(change|t1 right)": cell("change_if_right"),
+                "changes fixing": cell("changes_fixing"),
+            })
+        rows[-1]["n"] = m.get("n")
     return rows
 
 

@@ -23,13 +23,14 @@ from scoreops.rollout import (  # noqa: E402
     run_episodes,
     sequence_token_logprobs,
 )
+from scoreops.api.common import ORACLE_RIGHT, ORACLE_WRONG  # noqa: E402
+from scoreops.rewards import make_verifier  # noqa: E402
 from scoreops.rollout.continuation import (  # noqa: E402
     GUIDE_SEPARATOR,
-    ORACLE_RIGHT,
-    ORACLE_WRONG,
     guided_corrections,
     oracle_turns,
 )
+from scoreops.rollout.types import Completion  # noqa: E402
 from scoreops.training.backend import TorchBackend  # noqa: E402
 from scoreops.training.context import DistEnv  # noqa: E402
 from scoreops.training.evaluation import evaluate_items  # noqa: E402
@@ -173,8 +174,8 @@ def test_same_turn_guide_continues_the_models_own_answer(tiny: tuple[Any, Any]) 
         assert ep.turns[0].prompt_token_ids == [*src.turns[0].prompt_token_ids, *o_ids,
                                                 *guide_ids]
         assert len(ep.turns) == 1 and ep.turns[0].messages[-1]["role"] == "assistant"
-        assert answers[k] == (src.turns[0].completion.text + GUIDE_SEPARATOR + phrase
-                              + ep.turns[0].text)
+        # judged: only what the model wrote after the phrase
+        assert answers[k] == ep.turns[0].text
     # training: only the continuation's tokens are trained, the answer and phrase are context
     batch = build_training_batch(tok, out, 512)
     for k, ep in enumerate(out):
@@ -190,7 +191,7 @@ def test_same_turn_guide_continues_the_models_own_answer(tiny: tuple[Any, Any]) 
         guided_corrections(engine, first, phrases, SamplingParams(max_new_tokens=2), form="x")
 
 
-def test_evaluation_with_guide_phrases_judges_the_whole_assistant_turn(
+def test_evaluation_with_guide_phrases_judges_only_the_text_after_the_phrase(
         tiny: tuple[Any, Any]) -> None:
     model, tok = tiny
     engine = HFEngine(model, tok, max_batch_size=8, prefix_cache=False)
@@ -204,10 +205,42 @@ def test_evaluation_with_guide_phrases_judges_the_whole_assistant_turn(
 
     res = evaluate_items(engine, items, verifier, instruction="unused", turns=2,
                          max_new_tokens=3, guide_phrases=PAPER_PHRASES[:2])
-    for i, rec in enumerate(res.records):
-        phrase = PAPER_PHRASES[i % 2]
-        assert rec["outputs"][1].startswith(rec["outputs"][0] + GUIDE_SEPARATOR + phrase)
+    for rec in res.records:
+        assert not rec["outputs"][1].startswith(rec["outputs"][0] + GUIDE_SEPARATOR)
+        assert len(rec["extracted"]) == 2
     assert all(r["outputs"][1] in judged for r in res.records)
+
+
+class _SilentAfterPhrase:
+    """An engine whose guided correction stops right after the phrase (the 135M model's
+    usual behaviour): an end-of-turn token and no text."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+
+    def generate(self, convs: Any, params: Any, prompt_token_ids: Any = None) -> list[Any]:
+        eos = self.tokenizer.eos_token_id
+        return [[Completion(text="", token_ids=[eos], finish_reason="stop")
+                 for _ in range(params.n)] for _ in convs]
+
+
+def test_a_correction_with_no_answer_after_the_phrase_is_not_judged_on_the_first_answer(
+        tiny: tuple[Any, Any]) -> None:
+    """MGRPO's layer 2 must judge the correction, never fall back to the answer written
+    before the guide phrase: a first answer "Answer: 5" (right) followed by nothing after
+    the phrase is no correction, so it is not scored right."""
+    model, tok = tiny
+    engine = HFEngine(model, tok, max_batch_size=8, prefix_cache=False)
+    first = run_episodes(engine, ["What is 2 + 3?"], instruction="unused", turns=1,
+                         params=SamplingParams(max_new_tokens=2, n=1, seed=1))
+    first[0].turns[0].completion.text = "Answer: 5"
+    verifier = make_verifier("math")
+    item = SimpleNamespace(answer="5")
+    assert verifier(first[0].turns[0].text, item) == 1.0
+    _, answers = guided_corrections(_SilentAfterPhrase(tok), first, [PAPER_PHRASES[1]],
+                                    SamplingParams(max_new_tokens=4, n=2, seed=2))
+    assert answers == ["", ""]
+    assert [verifier(a, item) for a in answers] == [0.0, 0.0]
 
 
 # ---------------------------------------------------------------- oracle feedback
@@ -223,7 +256,35 @@ def test_oracle_feedback_tells_the_verdict_of_the_previous_attempt(tiny: tuple[A
     def verifier(text: str, item: Any) -> float:
         return 1.0 if item.answer == "right" else 0.0
 
-    out = oracle_turns(engine, first, items, verifier, "Give the final answer.", 2,
-                       SamplingParams(max_new_tokens=3, n=1, seed=0))
-    assert [ep.turns[1].messages[-1]["content"] for ep in out] == [
-        f"{ORACLE_RIGHT} Give the final answer.", f"{ORACLE_WRONG} Give the final answer."]
+    out = oracle_turns(engine, first, items, verifier, 2,
+                       SamplingParams(max_new_tokens=3, n=1, seed=0),
+                       right=ORACLE_RIGHT, wrong=ORACLE_WRONG)
+    # the verdict alone: nothing after "correct" invites doubt
+    assert [ep.turns[1].messages[-1]["content"] for ep in out] == [ORACLE_RIGHT, ORACLE_WRONG]
+    assert "error" not in ORACLE_RIGHT.lower() and "might" not in ORACLE_RIGHT.lower()
+
+
+def test_oracle_can_stop_after_a_right_answer(tiny: tuple[Any, Any]) -> None:
+    """With stop_when_correct a right first answer stands: turn 2 repeats it with no tokens
+    generated (nothing to train, nothing to break); a wrong one is asked again."""
+    model, tok = tiny
+    engine = HFEngine(model, tok, max_batch_size=8, prefix_cache=False)
+    first = run_episodes(engine, ["What is 2 + 3?", "What is 4 + 4?"], instruction="unused",
+                         turns=1, params=SamplingParams(max_new_tokens=3, n=1, seed=0))
+    items = [SimpleNamespace(answer="right"), SimpleNamespace(answer="wrong")]
+
+    def verifier(text: str, item: Any) -> float:
+        return 1.0 if item.answer == "right" else 0.0
+
+    out = oracle_turns(engine, first, items, verifier, 2,
+                       SamplingParams(max_new_tokens=3, n=1, seed=0),
+                       right="Right.", wrong="Wrong, try again.", stop_when_correct=True)
+    stopped, asked = out
+    assert stopped.turns[1].text == first[0].turns[0].text
+    assert stopped.turns[1].completion.token_ids == []
+    assert asked.turns[1].messages[-1]["content"] == "Wrong, try again."
+    assert len(asked.turns[1].completion.token_ids) > 0
+    batch = build_training_batch(tok, out, 512)
+    assert int(batch.mask(2)[0].sum()) == 0
+    assert int(batch.mask(2)[1].sum()) == len(asked.turns[1].completion.token_ids)
+    assert int(batch.mask(1)[0].sum()) == len(first[0].turns[0].completion.token_ids)

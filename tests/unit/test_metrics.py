@@ -7,6 +7,7 @@ import random
 import pytest
 
 from scoreops.metrics import (
+    change_rates,
     PairedCounts,
     correction_metrics,
     newcombe_paired_interval,
@@ -95,3 +96,25 @@ def test_ragged_turns_are_rejected() -> None:
         correction_metrics([[True, False], [True]])
     with pytest.raises(ValueError, match="length"):
         paired_counts([True], [True, False])
+
+
+def test_change_rates_say_which_answers_changed() -> None:
+    """Six items: turn 1 wrong on 4 (two changed, one of them to the right answer; one
+    unchanged; one with no answer at either turn), right on 2 (one changed to a wrong one)."""
+    extracted = [["3", "5"], ["7", "8"], ["4", "4"], [None, None], ["True", "true."],
+                 ["9", "2"]]
+    correct = [[False, True], [False, False], [False, False], [False, False], [True, True],
+               [True, False]]
+    c = change_rates(extracted, correct)
+    assert (c["wrong_t1"], c["right_t1"], c["changed"]) == (4, 2, 3)
+    assert c["change_if_wrong"] == pytest.approx(2 / 4)
+    assert c["change_if_right"] == pytest.approx(1 / 2)  # "True" → "true." is no change
+    assert c["changes_fixing"] == pytest.approx(1 / 3)
+    assert c["ci"]["change_if_wrong"] == list(wilson_interval(2, 4))
+    assert c["ci"]["changes_fixing"] == list(wilson_interval(1, 3))
+    # a missing answer that appears counts as a change
+    assert change_rates([[None, "5"]], [[False, True]])["changes_fixing"] == 1.0
+    # one turn: nothing can change
+    assert change_rates([["5"]], [[True]])["changed"] == 0
+    with pytest.raises(ValueError, match="rows"):
+        change_rates([["1", "2"]], [])

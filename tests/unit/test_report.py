@@ -105,3 +105,27 @@ def test_what_it_shows_calls_an_accuracy_gain_with_delta_zero_what_it_is() -> No
     assert "Correction gain: the second attempt adds Δ = +0.333" in text
     assert "20 of 60 items wrong -> right, 0 right -> wrong" in text
     assert "not self-correction" not in text
+
+
+def test_evalsuite_metrics_and_table_carry_the_change_rates() -> None:
+    """An EvalSuite benchmark's metrics (from the per-turn records) hold the change rates
+    with intervals, and the report table shows them."""
+    from types import SimpleNamespace
+
+    from scoreops.evaluate.generation import _generative_metrics
+
+    def turns(a1: str, c1: bool, a2: str, c2: bool) -> list[dict]:
+        return [{"extracted": a1, "correct": c1}, {"extracted": a2, "correct": c2}]
+
+    rows = [turns("3", False, "5", True), turns("4", False, "4", False),
+            turns("9", True, "9", True), turns("9", True, "1", False)]
+    records = [{"completion_tokens": 10} for _ in rows]
+    m = _generative_metrics(SimpleNamespace(side_metrics={}), "self-correct", rows, records,
+                            set())
+    assert m["change_if_wrong"] == 0.5 and m["change_if_right"] == 0.5
+    assert m["changes_fixing"] == 0.5 and m["changed"] == 2
+    assert m["ci"]["change_if_wrong"][0] < 0.5 < m["ci"]["change_if_wrong"][1]
+    (row,) = correction_rows({"model": m})
+    assert row["P(change|t1 wrong)"].startswith("0.500 [")
+    assert row["changes fixing"].startswith("0.500 [")
+    assert list(row)[-1] == "n"

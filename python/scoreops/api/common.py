@@ -16,6 +16,11 @@ DEFAULT_CORRECTION_INSTRUCTION = (
     "in the form \"Final Answer: The final answer is $answer$. I hope it is correct.\""
 )
 
+ORACLE_RIGHT = "Your previous answer is correct."
+ORACLE_WRONG = "Your previous answer is incorrect. Try again."
+"""The oracle's verdicts (``rollout.oracle``): after a right answer nothing that invites doubt,
+after a wrong one a plain request for another attempt."""
+
 Engine = Literal["hf", "vllm"]
 Precision = Literal["fp32", "bf16", "fp16"]
 TORCH_DTYPE: dict[str, str] = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
@@ -141,7 +146,7 @@ class StrategySpec(ApiModel):
     )
     token_budget: int | None = Field(
         None, ge=1, le=1_048_576,
-        description="guided: most tokens generated per answer, all candidates counted.",
+        description="guided: most tokens generated per answer (all candidates and critic verdicts).",
     )
 
     @model_validator(mode="after")

@@ -22,6 +22,8 @@ from scoreops.api.base import (
 )
 from scoreops.api.common import (
     DEFAULT_CORRECTION_INSTRUCTION,
+    ORACLE_RIGHT,
+    ORACLE_WRONG,
     Engine,
     ModelRef,
     OutputSpec,
@@ -251,6 +253,22 @@ class AlgorithmSpec(ApiModel):
         return cfg.steps
 
 
+class OracleSpec(ApiModel):
+    """The oracle's messages (``rollout.feedback: oracle``, the extrinsic positive control)."""
+
+    correct: str = Field(ORACLE_RIGHT, min_length=1,
+                         description="The whole message after a right answer.")
+    incorrect: str = Field(ORACLE_WRONG, min_length=1,
+                           description="The whole message after a wrong answer.")
+    stop_when_correct: bool = Field(
+        False,
+        description=(
+            "Do not ask again after a right answer: the answer stands for the later turns "
+            "(nothing generated or trained there), so only wrong answers get a second attempt."
+        ),
+    )
+
+
 class VLLMRolloutSpec(ApiModel):
     """The colocated vLLM engine of a run with rollout.engine vllm."""
 
@@ -263,6 +281,22 @@ class VLLMRolloutSpec(ApiModel):
             "it must divide resources.gpusPerWorker, so that a group never spans pods."
         ),
     )
+
+
+class ImportanceSamplingSpec(ApiModel):
+    """Correction of the mismatch between the rollout engine's sampling distribution and the
+    trainer's (truncated importance sampling, see scoreops.algorithms.importance)."""
+
+    mode: Literal["auto", "truncated", "none"] = Field(
+        "auto",
+        description=(
+            "truncated: each token's policy-gradient term is weighted by "
+            "min(pi_trainer/pi_sampler, cap), from the engine's sampling log-probs (TRL's "
+            "vllm_importance_sampling_correction); none: weight 1; auto: truncated with engine "
+            "vllm, none with hf (which samples with the policy itself)."
+        ),
+    )
+    cap: float = Field(2.0, ge=1.0, le=100.0, description="The truncation C of the weight.")
 
 
 class RolloutSpec(ApiModel):
@@ -283,17 +317,39 @@ class RolloutSpec(ApiModel):
     feedback: Literal["none", "oracle"] = Field(
         "none",
         description=(
-            "oracle: the message before each later attempt starts by saying whether the "
-            "previous attempt was right, from the verifier (extrinsic feedback: a positive "
-            "control that bounds what a second attempt can gain, not self-correction)."
+            "oracle: the message before each later attempt is the verifier's verdict on the "
+            "previous attempt (extrinsic feedback: a positive "
+            "control that bounds what a second attempt can gain, not self-correction). The "
+            "messages are rollout.oracle's; correctionInstruction is not used."
         ),
     )
+    oracle: OracleSpec = Field(default_factory=OracleSpec,
+                               description="The oracle's messages (feedback: oracle).")
     system_prompt: str | None = Field(None, description="Optional system message.")
     gpu_memory_utilization: float = Field(
         0.3, gt=0.0, le=0.95, description="Share of GPU memory for the vLLM engine (colocated)."
     )
     vllm: VLLMRolloutSpec = Field(default_factory=VLLMRolloutSpec,
                                   description="The vLLM engine (engine vllm).")
+    importance_sampling: ImportanceSamplingSpec = Field(
+        default_factory=ImportanceSamplingSpec,
+        description="Trainer/sampler importance-sampling correction (on by default for vllm).",
+    )
+
+    @model_validator(mode="after")
+    def _importance_needs_sampler_logprobs(self) -> RolloutSpec:
+        if self.importance_sampling.mode == "truncated" and self.engine != "vllm":
+            raise ValueError("rollout.importanceSampling.mode truncated needs rollout.engine "
+                             "vllm: the hf engine samples with the policy itself and reports "
+                             "no sampling log-probs")
+        return self
+
+    def importance_mode(self) -> Literal["truncated", "none"]:
+        """``importanceSampling.mode`` with ``auto`` resolved by the engine."""
+        mode = self.importance_sampling.mode
+        if mode == "auto":
+            return "truncated" if self.engine == "vllm" else "none"
+        return mode
 
 
 class OptimSpec(ApiModel):
@@ -338,7 +394,7 @@ class CheckpointSpec(ApiModel):
 
 
 class EvaluationSpec(ApiModel):
-    """Held-out evaluation at the end of the run (greedy)."""
+    """Held-out evaluation at the end of the run (greedy, and optionally sampled)."""
 
     enabled: bool = Field(True, description="Evaluate base and trained model at the end.")
     every_steps: int | None = Field(
@@ -348,6 +404,18 @@ class EvaluationSpec(ApiModel):
         None, ge=1, le=32768, description="Tokens per turn; defaults to rollout.maxNewTokens."
     )
     compare_base: bool = Field(True, description="Evaluate the base model too.")
+    samples: int = Field(
+        0, ge=0, le=64,
+        description=(
+            "Also evaluate with this many sampled episodes per item (at temperature), next to "
+            "the greedy evaluation; 0: greedy only. A sampled first attempt leaves the second "
+            "more to fix than a greedy one."
+        ),
+    )
+    temperature: float | None = Field(
+        None, gt=0.0, le=2.0,
+        description="Temperature of the sampled evaluation; defaults to rollout.temperature.",
+    )
 
 
 class ScoreRunSpec(ApiModel):

@@ -107,14 +107,21 @@ def _item_record(index: int, item: dict[str, Any], prompt: Any, result: Strategy
 
 def _generative_metrics(bench: Benchmark, strategy: str, rows: list[list[dict[str, Any]]],
                         records: list[dict[str, Any]], notes: set[str]) -> dict[str, Any]:
-    """The self-correction metrics over the turns, the same with ``_<side>`` for each side
-    metric every turn has, and counts of unreadable first answers and tokens."""
-    from scoreops.metrics import correction_metrics
+    """The self-correction metrics over the turns, the change rates (how often the second
+    attempt changed the first answer, given it was wrong / right, and the share of changes
+    that fixed it), the same with ``_<side>`` for each side metric every turn has, and counts
+    of unreadable first answers and tokens."""
+    from scoreops.metrics import change_rates, correction_metrics
 
     metrics: dict[str, Any] = {"mode": "generative", "strategy": strategy}
     if rows:
         metrics.update(correction_metrics(
             [[t["correct"] for t in r] for r in rows]).to_dict())
+        if all(len(r) >= 2 for r in rows):
+            changes = change_rates([[t["extracted"] for t in r] for r in rows],
+                                   [[t["correct"] for t in r] for r in rows])
+            metrics["ci"].update(changes.pop("ci"))
+            metrics.update(changes)
         for key in bench.side_metrics:
             if all(key in t for r in rows for t in r):
                 side = correction_metrics([[t[key] for t in r] for r in rows]).to_dict()

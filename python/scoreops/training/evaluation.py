@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -31,24 +32,36 @@ def evaluate_items(
     guide_phrases: Sequence[str] | None = None,
     guide_form: str = "same-turn",
     feedback: str = "none",
+    oracle: Any = None,
+    samples: int = 1,
+    temperature: float = 0.0,
+    seed: int = 0,
 ) -> EvalResult:
-    """Greedy ``turns``-turn episodes on ``items``; per-sample records and the metrics.
+    """``turns``-turn episodes on ``items``; per-sample records and the metrics.
+
+    Greedy by default; with ``temperature > 0`` each item gets ``samples`` episodes sampled
+    at that temperature (seeded by ``seed``), each a record of its own (the metrics are then
+    over item × sample).
 
     The second attempt follows ``instruction`` (a new user turn), or with ``guide_phrases``
     a guide phrase (MGRPO's training distribution: phrase ``i % len`` for item i, in
     ``guide_form``, see :func:`scoreops.rollout.continuation.guided_corrections`; two turns), or
-    with ``feedback="oracle"`` the verifier's verdict before the instruction (extrinsic).
+    with ``feedback="oracle"`` the verifier's verdict (``oracle``: an object with ``correct``,
+    ``incorrect`` and ``stop_when_correct``, as ``rollout.oracle``; extrinsic).
 
-    Each record holds the question, the gold answer, every turn's output (for the same-turn
-    guide form, the whole assistant turn), its extracted final answer and whether it was
-    judged correct — the data behind Acc@t1, Acc@t2, Δi→c, Δc→i.
+    Each record holds the question, the gold answer, every turn's output (for a guided
+    correction, what the model wrote after the guide phrase: the text judged), the final
+    answer extracted from each turn and whether it was judged correct — the data behind Acc@t1, Acc@t2, Δi→c, Δc→i and the change rates.
     """
+    from scoreops.api.common import ORACLE_RIGHT, ORACLE_WRONG
     from scoreops.metrics import correction_metrics
     from scoreops.rewards import extract_final_answer
     from scoreops.rollout import SamplingParams, run_episodes
     from scoreops.rollout.continuation import guided_corrections, oracle_turns
 
-    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0, n=1, seed=0)
+    sampled = temperature > 0.0
+    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature if sampled
+                            else 0.0, n=max(1, samples) if sampled else 1, seed=seed)
     special = guide_phrases is not None or feedback == "oracle"
     episodes = run_episodes(
         engine, [it.question for it in items], instruction=instruction,
@@ -57,23 +70,31 @@ def evaluate_items(
     texts = [[t.text for t in ep.turns] for ep in episodes]
     if guide_phrases is not None and turns >= 2:
         phrases = [guide_phrases[ep.question_index % len(guide_phrases)] for ep in episodes]
-        _, answers = guided_corrections(engine, episodes, phrases, params, form=guide_form)
+        _, answers = guided_corrections(engine, episodes, phrases,
+                                        dataclasses.replace(params, n=1), form=guide_form)
         texts = [[*tx, a] for tx, a in zip(texts, answers, strict=True)]
     elif feedback == "oracle" and turns >= 2:
+        right = getattr(oracle, "correct", ORACLE_RIGHT)
+        wrong = getattr(oracle, "incorrect", ORACLE_WRONG)
+        stop = bool(getattr(oracle, "stop_when_correct", False))
         episodes = oracle_turns(engine, episodes, [items[ep.question_index] for ep in episodes],
-                                verifier, instruction, turns, params)
+                                verifier, turns, dataclasses.replace(params, n=1),
+                                right=right, wrong=wrong, stop_when_correct=stop)
         texts = [[t.text for t in ep.turns] for ep in episodes]
     records, correct = [], []
     for ep, outputs in zip(episodes, texts, strict=True):
         item = items[ep.question_index]
         per_turn = [bool(verifier(t, item) >= 0.5) for t in outputs]
         correct.append(per_turn)
-        records.append({
+        rec = {
             "id": item.id,
             "question": item.question,
             "answer": item.answer,
             "outputs": outputs,
             "extracted": [extract_final_answer(t) for t in outputs],
             "correct": per_turn,
-        })
+        }
+        if sampled:
+            rec["sample"] = ep.sample
+        records.append(rec)
     return EvalResult(correction_metrics(correct), records)

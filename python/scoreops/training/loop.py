@@ -183,6 +183,9 @@ class Trainer:
         if self.spec.evaluation.enabled and self.spec.evaluation.compare_base and self.held_out:
             # before any checkpoint is loaded: the policy is still the base model here
             evals["base"] = self._evaluate(ctx, "base", cache=not self.fresh)
+            if self.spec.evaluation.samples:
+                evals["base (sampled)"] = self._evaluate(ctx, "base", cache=not self.fresh,
+                                                         sampled=True)
         step = self._resume(ctx, backend)
         if self.dist.is_main:
             storage.write_json(self.out.uri("spec.json"), self.run.to_wire())
@@ -227,6 +230,9 @@ class Trainer:
         """One optimiser step (and a mid-run evaluation when one is due); its metrics."""
         assert ctx.backend is not None
         backend = ctx.backend
+        from scoreops.training.steps.rollouts import sleep_wake, step_seconds
+
+        slept = sleep_wake(ctx.engine)
         t0 = time.perf_counter()
         ctx.policy.train()
         backend.zero_grad()
@@ -237,11 +243,16 @@ class Trainer:
 
             stats = all_reduce_stats(stats)
         grad_norm = backend.step()
+        t_sync = time.perf_counter()
         backend.sync_rollout(ctx.engine)
+        t_end = time.perf_counter()
         done = step + 1
         last = {"step": done, "stage": algorithm.stage(step), "lr": backend.lr,
-                "grad_norm": grad_norm, "seconds": time.perf_counter() - t0,
+                "grad_norm": grad_norm, "seconds": t_end - t0,
                 **{k: float(v) for k, v in stats.items()}}
+        # generate + sync + train + sleep/wake = seconds (before a mid-run evaluation)
+        last.update(step_seconds(stats, t_sync - t0, t_end - t_sync, slept,
+                                 sleep_wake(ctx.engine)))
         every = self.spec.evaluation.every_steps
         if every and done % every == 0 and done < self.spec.algorithm.total_steps() \
                 and self.held_out:
@@ -256,6 +267,8 @@ class Trainer:
         final_uri = self._save_final(ctx)
         if self.spec.evaluation.enabled and self.held_out:
             evals["trained"] = self._evaluate(ctx, "trained")
+            if self.spec.evaluation.samples:
+                evals["trained (sampled)"] = self._evaluate(ctx, "trained", sampled=True)
         if self.dist.is_main:
             from scoreops.training.report import write_run_report
 
@@ -343,12 +356,17 @@ class Trainer:
                                                             "run": self.run.metadata.name})
         return uri
 
-    def _evaluate(self, ctx: StepContext, label: str, cache: bool = False) -> EvalResult:
+    def _evaluate(self, ctx: StepContext, label: str, cache: bool = False,
+                  sampled: bool = False) -> EvalResult:
+        """Held-out evaluation: greedy, or with ``sampled`` ``evaluation.samples`` episodes
+        per item at ``evaluation.temperature`` (default: the rollout's)."""
         from scoreops import storage
         from scoreops.metrics import correction_metrics
         from scoreops.training.evaluation import EvalResult, evaluate_items
 
         ev = self.spec.evaluation
+        if sampled:
+            label = f"{label}-sampled"
         records_uri = self.out.uri("eval", f"{label}.jsonl")
         if cache and storage.exists(records_uri):
             # the base model's evaluation does not change across restarts
@@ -367,6 +385,11 @@ class Trainer:
             guide_phrases=guides.guide_phrases if guides else None,
             guide_form=guides.guide_form if guides else "same-turn",
             feedback=self.spec.rollout.feedback,
+            oracle=self.spec.rollout.oracle,
+            samples=ev.samples if sampled else 1,
+            temperature=(ev.temperature if ev.temperature is not None
+                         else self.spec.rollout.temperature) if sampled else 0.0,
+            seed=self.spec.seed,
         )
         if self.dist.is_main:
             storage.write_text(records_uri, "".join(json.dumps(r) + "\n" for r in res.records))

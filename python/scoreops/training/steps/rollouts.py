@@ -14,7 +14,8 @@ if TYPE_CHECKING:
     from scoreops.rollout import Episode
     from scoreops.training.context import StepContext
 
-__all__ = ["MAX_SEQUENCE_TOKENS", "Rollout", "rollout_stats", "sample_episodes"]
+__all__ = ["MAX_SEQUENCE_TOKENS", "Rollout", "rollout_stats", "sample_episodes", "sleep_wake",
+           "step_seconds"]
 
 MAX_SEQUENCE_TOKENS = 8192
 """The longest packed episode (all turns) a training batch holds."""
@@ -54,7 +55,8 @@ def sample_episodes(
     """``n`` ``turns``-turn episodes per question, each turn scored by the run's verifier.
 
     With ``rollout.feedback: oracle`` every later turn's message is
-    :func:`~scoreops.rollout.continuation.oracle_message` of the previous turn's verdict (extrinsic feedback)."""
+    :func:`~scoreops.rollout.continuation.oracle_message` of the previous turn's verdict
+    (extrinsic feedback, ``rollout.oracle``'s messages)."""
     from scoreops.rollout import SamplingParams, run_episodes
     from scoreops.rollout.continuation import oracle_turns
 
@@ -78,8 +80,9 @@ def sample_episodes(
     )
     ep_items = [items[ep.question_index] for ep in episodes]
     if oracle:
-        episodes = oracle_turns(ctx.engine, episodes, ep_items, ctx.verifier,
-                                instruction or ro.correction_instruction, turns, params)
+        episodes = oracle_turns(ctx.engine, episodes, ep_items, ctx.verifier, turns, params,
+                                right=ro.oracle.correct, wrong=ro.oracle.incorrect,
+                                stop_when_correct=ro.oracle.stop_when_correct)
     seconds = time.perf_counter() - start
     rewards = [[ctx.verifier(t.text, item) for t in ep.turns] for ep, item in zip(episodes, ep_items, strict=True)]
     tokens = sum(len(t.completion.token_ids) for ep in episodes for t in ep.turns)
@@ -103,3 +106,32 @@ def rollout_stats(ro: Rollout, turns: int) -> dict[str, float]:
         out["i2c"] = sum(1 for r in ro.rewards if r[0] < 0.5 <= r[1]) / n
         out["c2i"] = sum(1 for r in ro.rewards if r[1] < 0.5 <= r[0]) / n
     return out
+
+
+def sleep_wake(engine: Any) -> dict[str, float]:
+    """The engine's cumulative sleep and wake seconds by phase (``sleep``, ``wake_weights``,
+    ``wake_kv_cache``; see :class:`scoreops.rollout.vllm.VLLMEngine`), empty for an engine
+    that never sleeps."""
+    return dict(getattr(engine, "sleep_wake_seconds", None) or {})
+
+
+def step_seconds(stats: dict[str, float], until_sync: float, sync: float,
+                 before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """A step's wall time split into parts that add up to it: ``generate_seconds`` (the
+    rollout, ``rollout_seconds``, less waking the KV cache), ``sync_seconds`` (pushing the
+    weights into the rollout engine, less waking its weights), ``sleep_wake_seconds``
+    (releasing the engine's memory before training and waking it again) and
+    ``train_seconds`` (the rest: rewards, forward and backward passes, the optimiser step).
+    ``until_sync``: seconds from the step's start to the end of the optimiser step; ``sync``:
+    of the weight sync; ``before``/``after``: :func:`sleep_wake` at the step's start and end.
+    Empty for a step that does not report ``rollout_seconds``."""
+    if "rollout_seconds" not in stats:
+        return {}
+    delta = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
+    generate = float(stats["rollout_seconds"])
+    return {
+        "generate_seconds": generate - delta.get("wake_kv_cache", 0.0),
+        "sync_seconds": sync - delta.get("wake_weights", 0.0),
+        "sleep_wake_seconds": sum(delta.values()),
+        "train_seconds": until_sync - generate - delta.get("sleep", 0.0),
+    }
