@@ -176,7 +176,7 @@ def evaluate_base(args: argparse.Namespace, data: tuple[str, str]) -> dict[str, 
                              stop_when_correct=args.oracle_stop)
     modes = [("", {})]
     if args.eval_samples:
-        modes.append((" (sampled)", {"samples": args.eval_samples,
+        modes.append((", sampled", {"samples": args.eval_samples,
                                      "temperature": args.temperature}))
     out: dict[str, Any] = {}
     for suffix, mode in modes:
