@@ -84,12 +84,18 @@ class Completion:
             distribution (temperature 1, no top-p), or ``None`` if the engine does not report
             them.
         finish_reason: ``"stop"`` (end-of-sequence token or stop string) or ``"length"``.
+        sampling_logprobs: log μ(token | prefix) of each generated token under the
+            distribution the engine drew it from (after the temperature and top-p, as the
+            engine computed it): the sampler's side of the trainer/sampler importance ratio
+            (:mod:`scoreops.algorithms.importance`). ``None`` where the engine does not
+            report them (the vLLM engine of a training run does).
     """
 
     text: str
     token_ids: list[int]
     logprobs: list[float] | None = None
     finish_reason: FinishReason = "length"
+    sampling_logprobs: list[float] | None = None
 
 
 @dataclass

@@ -17,8 +17,9 @@ passes per step (the backend sets ``aligned_micro_batches``; ranks with fewer ro
 zero-weight micro-batches).
 
 ZeRO-3 partitions the parameters themselves: the rollout engine then holds its own full copy
-(the loop loads one), refreshed by :meth:`DeepSpeedBackend.sync_rollout` one module's
-parameters at a time under ``deepspeed.zero.GatheredParameters``; checkpoints and the final model take the weights from
+(the loop loads one), refreshed by :meth:`DeepSpeedBackend.sync_rollout` one decoder layer at
+a time under ``deepspeed.zero.GatheredParameters`` (:func:`sync_groups`: the groups come from
+the model's structure, so that every member of a parameter the engine fuses arrives at once); checkpoints and the final model take the weights from
 ``engine._zero3_consolidated_16bit_state_dict()`` (gathered layer by layer on rank 0); the
 log-probabilities go through the model's top-level forward (``fused_head=False``).
 
@@ -36,7 +37,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DeepSpeedBackend", "config_path", "deepspeed_config", "initialize", "jobs_dir"]
+__all__ = ["DeepSpeedBackend", "config_path", "deepspeed_config", "initialize", "jobs_dir",
+           "sync_groups"]
 
 TAG = "zero"
 """DeepSpeed checkpoint tag inside a scoreops checkpoint's ``deepspeed/`` folder."""
@@ -131,19 +133,54 @@ def initialize(policy: Any, optimizer: Any, scheduler: Any, spec: Any,
     return engine
 
 
-def _modules_with_parameters(module: Any) -> list[list[tuple[str, Any]]]:
-    """Per module that owns parameters: its ``(full name, parameter)`` pairs, each parameter
-    once (a tied weight belongs to the first module that names it)."""
-    seen: set[int] = set()
-    out = []
+def _block_list(module: Any) -> list[tuple[str, Any]]:
+    """The model's repeated blocks (a decoder's layers), found from its structure: the
+    ``nn.ModuleList`` holding the most parameters among those whose entries are all of one
+    class (``model.layers`` of a Llama, ``transformer.h`` of a GPT-2, whatever the names inside
+    a block). ``[(full name, block)]``, empty when the model has no such list."""
+    import torch
+
+    best: list[tuple[str, Any]] = []
+    best_size = 0
     for name, mod in module.named_modules():
-        prefix = f"{name}." if name else ""
-        own = [(f"{prefix}{n}", p) for n, p in mod.named_parameters(recurse=False)
-               if id(p) not in seen]
-        seen.update(id(p) for _, p in own)
-        if own:
-            out.append(own)
-    return out
+        if not isinstance(mod, torch.nn.ModuleList) or len(mod) == 0:
+            continue
+        if len({type(child) for child in mod}) != 1:
+            continue
+        # a ZeRO-3 parameter is empty outside a gather; ds_numel is its full size
+        size = sum(getattr(p, "ds_numel", None) or p.numel() for p in mod.parameters())
+        if size > best_size:
+            prefix = f"{name}." if name else ""
+            best, best_size = [(f"{prefix}{i}", child) for i, child in enumerate(mod)], size
+    return best
+
+
+def sync_groups(module: Any) -> list[list[tuple[str, Any]]]:
+    """The parameters of ``module`` in the groups a rollout engine receives them in: one group
+    per repeated block (see :func:`_block_list`), then one with everything outside the blocks
+    (embeddings, final norm, head). ``[[(full name, parameter), ...], ...]``; a tied parameter
+    appears under each of its names (``model.embed_tokens.weight`` and ``lm_head.weight``), all
+    in the group of its first name.
+
+    Why whole blocks: an inference engine fuses parameters of one block (vLLM's ``qkv_proj``
+    takes ``q_proj``, ``k_proj`` and ``v_proj``; ``gate_up_proj`` takes ``gate_proj`` and
+    ``up_proj``) and finishes loading a fused parameter with the members it was given: a group
+    must carry every member. The boundary is the model's own structure, not a name pattern,
+    so it holds for any names inside a block. Why every name of a tied parameter: each name
+    is a layer of the engine that prepares its own copy of the weight (vLLM on CPU packs the
+    head's weight for its matmul), and a layer not named in a load keeps its old copy. A
+    model without a list of blocks is one group.
+    """
+    blocks = _block_list(module)
+    prefixes = [f"{name}." for name, _ in blocks]
+    groups: list[list[tuple[str, Any]]] = [[] for _ in range(len(blocks) + 1)]
+    home: dict[int, int] = {}
+    for name, p in module.named_parameters(remove_duplicate=False):
+        if id(p) not in home:
+            home[id(p)] = next((i for i, pre in enumerate(prefixes) if name.startswith(pre)),
+                               len(blocks))
+        groups[home[id(p)]].append((name, p))
+    return [g for g in groups if g]
 
 
 class _PartialModule:
@@ -233,21 +270,24 @@ class DeepSpeedBackend:
         return self.module.state_dict() if self.rank == 0 else None
 
     def sync_rollout(self, engine: Any) -> None:
-        """Push the weights into the rollout engine. Under ZeRO-3 one module's parameters are
-        gathered at a time (never a second whole copy of the model on a GPU) and loaded into
-        the engine's own copy with its ``load_weights``."""
+        """Push the weights into the rollout engine. Under ZeRO-3 one group of
+        :func:`sync_groups` is gathered at a time (a decoder layer, then the embeddings, final
+        norm and head: never a second whole copy of the model on a GPU) and handed to the
+        engine in one call (its ``load_weights``, else ``sync_weights`` of that group), so a
+        fused parameter of the engine receives all its members together."""
         if self.stage < 3:
             engine.sync_weights(self.module)
             return
         import deepspeed
 
         load = getattr(engine, "load_weights", None)
-        for named in _modules_with_parameters(self.module):
-            with deepspeed.zero.GatheredParameters([p for _, p in named], modifier_rank=None):
+        for named in sync_groups(self.module):
+            unique = list({id(p): p for _, p in named}.values())
+            with deepspeed.zero.GatheredParameters(unique, modifier_rank=None):
                 tensors = [(n, p.data) for n, p in named]
                 if load is not None:
                     load(tensors)
-                else:  # an engine that only takes a model: hand it one module at a time
+                else:  # an engine that only takes a model
                     engine.sync_weights(_PartialModule(tensors))
 
     def save_state(self, directory: Path) -> None:
