@@ -47,6 +47,7 @@ def grpo_loss(
     beta: float = 0.04,
     kl_estimator: KLEstimator = "k3",
     loss_agg: LossAggregation = "token-mean",
+    pg_weight: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Clipped-ratio GRPO loss (to minimise).
 
@@ -57,6 +58,9 @@ def grpo_loss(
         ref_logp: ``[B, T]`` reference log-probs; may be ``None`` only when ``beta == 0``.
         advantages: ``[B]`` per sequence (broadcast over its tokens) or ``[B, T]`` per token.
         mask: ``[B, T]`` 1 for completion tokens, 0 for prompt and padding.
+        pg_weight: ``[B, T]`` per-token weights of the policy-gradient term (detached; the
+            truncated trainer/sampler importance weights of
+            :mod:`scoreops.algorithms.importance`); ``None`` weighs every token 1.
 
     Returns:
         ``(loss, stats)``; stats: ``loss``, ``pg_loss``, ``kl`` (mean per token),
@@ -79,6 +83,8 @@ def grpo_loss(
     unclipped = ratio * adv
     clipped = torch.clamp(ratio, 1.0 - clip_eps, 1.0 + clip_eps) * adv
     pg_tok = -torch.minimum(unclipped, clipped)
+    if pg_weight is not None:
+        pg_tok = pg_tok * pg_weight.detach().to(pg_tok.dtype)
     kl_tok = _kl_tokens(logp, ref_logp, beta, kl_estimator)
     tok_loss = pg_tok + beta * kl_tok
     loss = _aggregate(tok_loss, m, loss_agg)

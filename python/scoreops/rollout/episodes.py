@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from scoreops.rollout.chat import continuation_ids, encode_conversation, follow_up
 from scoreops.rollout.types import Conversation, Episode, RolloutEngine, SamplingParams, Turn
 
-__all__ = ["run_episodes"]
+if TYPE_CHECKING:
+    import torch
+
+    from scoreops.rollout.batch import TrainingBatch
+
+__all__ = ["run_episodes", "sampling_token_logprobs"]
 
 
 def _turn_seed(seed: int | None, turn: int) -> int | None:
@@ -99,3 +105,28 @@ def _next_attempt(engine: RolloutEngine, episodes: list[Episode], instruction: s
     outs = engine.generate(convs, params, prompt_token_ids=ids_list)
     for ep, conv, ids, out in zip(episodes, convs, ids_list, outs, strict=True):
         ep.turns.append(Turn(messages=conv, completion=out[0], prompt_token_ids=ids))
+
+
+def sampling_token_logprobs(episodes: Sequence[Episode],
+                            batch: TrainingBatch) -> torch.Tensor | None:
+    """The engine's sampling log-probs (:attr:`Completion.sampling_logprobs`) at the token
+    positions of ``batch`` (built from ``episodes`` by
+    :func:`scoreops.rollout.build_training_batch`): ``[B, T]``, the log-prob of each generated
+    token where ``batch.turn_mask`` marks it, 0 elsewhere; turns cut by the batch's
+    ``max_len`` keep their first tokens. ``None`` when a turn with tokens has none (an engine
+    that does not report them)."""
+    import torch
+
+    if len(episodes) != len(batch):
+        raise ValueError(f"{len(episodes)} episodes for a batch of {len(batch)} rows")
+    out = torch.zeros(batch.turn_mask.shape, dtype=torch.float32)
+    for b, ep in enumerate(episodes):
+        for t, turn in enumerate(ep.turns, 1):
+            values = turn.completion.sampling_logprobs
+            if not turn.completion.token_ids:
+                continue
+            if values is None or len(values) != len(turn.completion.token_ids):
+                return None
+            where = (batch.turn_mask[b] == t).nonzero().squeeze(-1)
+            out[b, where] = torch.tensor(values[:len(where)], dtype=torch.float32)
+    return out

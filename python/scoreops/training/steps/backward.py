@@ -14,11 +14,12 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import torch
 
-    from scoreops.rollout import TrainingBatch
+    from scoreops.algorithms.importance import TruncatedImportance
+    from scoreops.rollout import Episode, TrainingBatch
     from scoreops.training.context import StepContext
 
 __all__ = ["LossFn", "LossTerm", "MicroLoss", "accumulate", "backward_micro_batches",
-           "micro_batch_rows", "policy_loss"]
+           "importance_correction", "micro_batch_rows", "policy_loss"]
 
 
 def micro_batch_rows(ctx: StepContext, group_size: int) -> int:
@@ -86,6 +87,27 @@ def policy_loss(ctx: StepContext, loss_fn: LossFn, *,
         return loss_fn(rows, mb, logp, ref)
 
     return compute
+
+
+def importance_correction(ctx: StepContext, episodes: Sequence[Episode],
+                          batch: TrainingBatch) -> TruncatedImportance | None:
+    """The trainer/sampler importance correction of a step's ``batch`` (built from
+    ``episodes``), or ``None`` when ``rollout.importanceSampling`` resolves to ``none`` (its
+    ``auto`` is truncated for ``engine: vllm``). A step's loss multiplies its policy-gradient
+    terms by ``weights(rows, logp, mask)`` of each micro-batch and logs ``stats.as_dict()``
+    (see :mod:`scoreops.algorithms.importance`)."""
+    ro = ctx.spec.rollout
+    if ro.importance_mode() == "none":
+        return None
+    from scoreops.algorithms.importance import TruncatedImportance
+    from scoreops.rollout.episodes import sampling_token_logprobs
+
+    sampler = sampling_token_logprobs(episodes, batch)
+    if sampler is None:
+        raise RuntimeError("rollout.importanceSampling.mode is truncated, but the rollout engine "
+                           "reported no sampling log-probs (the vllm engine does; set the mode "
+                           "to none for another engine)")
+    return TruncatedImportance(sampler.to(ctx.device), ro.importance_sampling.cap)
 
 
 def backward_micro_batches(ctx: StepContext, terms: Sequence[LossTerm], *,

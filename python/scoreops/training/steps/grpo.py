@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from scoreops.training.steps import TrainingStep, register
-from scoreops.training.steps.backward import accumulate, micro_batch_rows
+from scoreops.training.steps.backward import accumulate, importance_correction, micro_batch_rows
 from scoreops.training.steps.rollouts import MAX_SEQUENCE_TOKENS, rollout_stats, sample_episodes
 
 if TYPE_CHECKING:
@@ -37,10 +37,15 @@ class GRPOAlgorithm(TrainingStep):
         adv = group_normalized(ro.reward_tensor(0).reshape(-1, g),
                                scale=self.cfg.scale_rewards).reshape(-1)
         cfg = self.cfg
+        tis = importance_correction(ctx, ro.episodes, batch)  # None: weights of 1
 
         def loss_fn(rows: slice, mb: TrainingBatch, logp: torch.Tensor, ref: torch.Tensor):
-            return grpo_loss(logp, None, ref, adv[rows], mb.mask(1), clip_eps=cfg.clip_epsilon,
-                             beta=cfg.beta, kl_estimator=cfg.kl_estimator)
+            mask = mb.mask(1)
+            w = None if tis is None else tis.weights(rows, logp, mask)
+            return grpo_loss(logp, None, ref, adv[rows], mask, clip_eps=cfg.clip_epsilon,
+                             beta=cfg.beta, kl_estimator=cfg.kl_estimator, pg_weight=w)
 
         stats = accumulate(ctx, batch, micro_batch_rows(ctx, g), loss_fn)
+        if tis is not None:
+            stats.update(tis.stats.as_dict())
         return {**stats, **rollout_stats(ro, 1)}

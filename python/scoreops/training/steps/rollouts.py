@@ -132,6 +132,6 @@ def step_seconds(stats: dict[str, float], until_sync: float, sync: float,
     return {
         "generate_seconds": generate - delta.get("wake_kv_cache", 0.0),
         "sync_seconds": sync - delta.get("wake_weights", 0.0),
-        "sleep_wake_seconds": sum(delta.values()),
+        "sleep_wake_seconds": sum(delta.values(), 0.0),
         "train_seconds": until_sync - generate - delta.get("sleep", 0.0),
     }

@@ -9,6 +9,7 @@ from scoreops.training.steps import TrainingStep, register
 from scoreops.training.steps.backward import (
     LossTerm,
     backward_micro_batches,
+    importance_correction,
     micro_batch_rows,
     policy_loss,
 )
@@ -45,16 +46,18 @@ class ScoreAlgorithm(TrainingStep):
         batch = build_training_batch(ctx.tokenizer, ro.episodes, MAX_SEQUENCE_TOKENS)
         r1, r2 = ro.reward_tensor(0), ro.reward_tensor(turns - 1)
         cfg, stage = self.cfg, self.stage(step)
+        tis = importance_correction(ctx, ro.episodes, batch)  # None: weights of 1
 
         def loss_fn(rows: slice, mb: TrainingBatch, logp: torch.Tensor, ref: torch.Tensor):
             m1, m2 = mb.mask(1), mb.mask(turns)
+            w = None if tis is None else tis.weights(rows, logp, m1 | m2)
             parts: dict[str, torch.Tensor] = {}
             if stage == "stage1":
                 loss, st = stage1_loss(
                     logp, ref, logp, ref, m1, m2, r2[rows],
                     beta1=cfg.beta1, beta2=cfg.beta2, baseline=cfg.baseline,
                     kl_estimator=cfg.kl_estimator, group_size=g, r1=r1[rows],
-                    term_scale=cfg.term_scale, terms_out=parts,
+                    term_scale=cfg.term_scale, terms_out=parts, pg_weight=w,
                 )
             else:
                 loss, st = stage2_loss(
@@ -62,7 +65,7 @@ class ScoreAlgorithm(TrainingStep):
                     alpha=cfg.alpha, beta1=cfg.beta1, baseline=cfg.baseline,
                     kl_estimator=cfg.kl_estimator, group_size=g,
                     bonus_on_turn1=cfg.bonus_on_turn1, term_scale=cfg.term_scale,
-                    terms_out=parts,
+                    terms_out=parts, pg_weight=w,
                 )
             return loss, st, parts
 
@@ -72,4 +75,6 @@ class ScoreAlgorithm(TrainingStep):
         stats = backward_micro_batches(
             ctx, [LossTerm(batch, micro_batch_rows(ctx, g), policy_loss(ctx, loss_fn))],
             part_grad_norms=cfg.term_grad_norms)
+        if tis is not None:
+            stats.update(tis.stats.as_dict())
         return {**stats, **rollout_stats(ro, turns)}
