@@ -41,14 +41,15 @@ def vllm_missing(field: str) -> str | None:
 def vllm_field(resource: Any) -> str | None:
     """The field of a ScoreRun, EvalSuite or CorrectorService that names the vllm engine
     (``None`` when it names none)."""
-    spec = getattr(resource, "spec", None)
-    kind = getattr(resource, "kind", None)
-    if kind == "ScoreRun" and spec.rollout.engine == "vllm":
+    from scoreops.api import CorrectorService, EvalSuite, ScoreRun
+
+    spec = resource.spec
+    if isinstance(resource, ScoreRun) and spec.rollout.engine == "vllm":
         return "spec.rollout.engine"
-    if kind == "EvalSuite" and spec.generation.engine == "vllm" \
+    if isinstance(resource, EvalSuite) and spec.generation.engine == "vllm" \
             and any(not m.endpoint for m in spec.models):  # endpoints need no local engine
         return "spec.generation.engine"
-    if kind == "CorrectorService" and spec.runtime.engine == "vllm":
+    if isinstance(resource, CorrectorService) and spec.runtime.engine == "vllm":
         return "spec.runtime.engine"
     return None
 

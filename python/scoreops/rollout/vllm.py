@@ -43,6 +43,10 @@ Seeds: vLLM's per-request ``seed`` makes each (conversation, sample) reproducibl
 batch; results are not bitwise those of the HF engine (different kernels): greedy
 generations agree token for token on most prompts, log-probs to about 1e-4 (see
 ``tests/integration/test_vllm.py`` for the measured figures).
+
+Size: one engine class; its construction (memory, precision, tensor-parallel group), weight
+push, sleep/wake and generation share the one ``vllm.LLM`` and its state, and each part is
+short.
 """
 
 from __future__ import annotations
