@@ -30,7 +30,7 @@ def test_unknown_names_are_refused_with_the_known_ones() -> None:
 
 @pytest.mark.parametrize(("name", "want"), [
     ("single", 1), ("self-correct", 3), ("moa", 5), ("self-consistency", None),
-    ("best-of-n", None)])
+    ("best-of-n", None), ("guided", None)])
 def test_the_streamed_call_is_the_final_answers(name: str, want: int | None) -> None:
     spec = StrategySpec(name=name, turns=3, layers=4)
     assert get_strategy(name).stream_call(spec) == want
@@ -50,6 +50,7 @@ def test_the_context_budget_counts_what_the_final_prompt_holds() -> None:
     assert budget(name="best-of-n") == (1, 11 + 3)
     assert budget(name="moa", agents=2) == (3, 50 + 8)
     assert budget(name="moa", agents=2, aggregator_prompt="merge") == (3, 7 + 8)
+    assert budget(name="guided") == (1, 7 + 3)  # the answer and the step question
 
 
 def test_the_spec_rules_come_from_the_registry() -> None:
@@ -82,4 +83,6 @@ def test_captions_name_each_strategy_with_its_settings() -> None:
     assert caption(name="best-of-n", samples=4) == "best-of-4 (self-eval)"
     assert caption(name="moa", layers=2, agents=3) == "mixture of agents, 2 layers × 3 agents"
     explained = {n for n, s in STRATEGIES.items() if not s.turns_are_attempts_of_one_answer}
-    assert explained == {"single", "self-consistency", "best-of-n", "moa"}
+    assert caption(name="guided", beam=2, expand=3, max_steps=5, critic="tool") == (
+        "guided decoding, beam 2 × expand 3, up to 5 steps, critic tool")
+    assert explained == {"single", "self-consistency", "best-of-n", "moa", "guided"}

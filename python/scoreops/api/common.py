@@ -146,7 +146,7 @@ class StrategySpec(ApiModel):
     )
     token_budget: int | None = Field(
         None, ge=1, le=1_048_576,
-        description="guided: most tokens generated per answer (all candidates and critic verdicts).",
+        description="guided: most tokens generated per answer (candidates and critic verdicts).",
     )
 
     @model_validator(mode="after")

@@ -54,6 +54,10 @@ class ServingLimits(ApiModel):
     max_concurrency: int = Field(64, ge=1, le=10000, description="Requests processed at once.")
     max_queue: int = Field(512, ge=0, le=100000, description="Requests waiting beyond that.")
     request_timeout_seconds: float = Field(120.0, gt=0.0, le=3600, description="504 after this.")
+    max_total_tokens: int | None = Field(
+        None, ge=1, le=100_000_000,
+        description="Ceiling on the tokens one request generates in all (every engine call of "
+        "its strategy, every choice); none: only maxTokens per generation.")
 
 
 class ServingResources(Placement):

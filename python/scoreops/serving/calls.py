@@ -37,17 +37,39 @@ class ServedResult:
 
 class Recording:
     """The engine as seen by one request's strategy: checks for cancellation before each
-    call and remembers each completion (for ``finish_reason``)."""
+    call, remembers each completion (for ``finish_reason``) and holds the request to its
+    generated-token ``budget``: a call gets at most the budget left, shared over its rows
+    (``max_new_tokens`` lowered), and a call for which not one token per row is left is
+    refused (HTTP 400 naming ``scoreops.max_total_tokens``)."""
 
-    def __init__(self, inner: Any, control: RequestControl) -> None:
+    def __init__(self, inner: Any, control: RequestControl, budget: int | None = None) -> None:
         self._inner = inner
         self._control = control
         self.tokenizer = getattr(inner, "tokenizer", None)
         self.completions: dict[str, list[Any]] = {}
+        self.budget = budget
+        self.generated = 0
+
+    def _within_budget(self, rows: int, params: Any) -> Any:
+        if self.budget is None:
+            return params
+        import dataclasses
+
+        from scoreops.serving.protocol import bad_request
+
+        left = self.budget - self.generated
+        if left < rows:
+            raise bad_request("scoreops.max_total_tokens",
+                              f"the strategy needs more than the request's budget of "
+                              f"{self.budget} generated tokens ({self.generated} spent)")
+        if params.max_new_tokens * rows > left:
+            params = dataclasses.replace(params, max_new_tokens=left // rows)
+        return params
 
     def generate(self, conversations: Sequence[Conversation], params: Any, *,
                  prompt_token_ids: Sequence[Sequence[int]] | None = None) -> list[list[Any]]:
         self._control.check()
+        params = self._within_budget(len(conversations) * max(1, params.n), params)
         if prompt_token_ids is None:
             outs = self._inner.generate(conversations, params)
         else:
@@ -55,6 +77,10 @@ class Recording:
         self._control.check()
         for conv, cs in zip(conversations, outs, strict=False):
             self.completions.setdefault(_conv_key(conv), []).extend(cs)
+            for c in cs:
+                counted = getattr(c, "num_tokens", None)
+                self.generated += int(counted) if counted is not None else len(
+                    c.token_ids or [])
         return outs
 
     def completion(self, messages: Conversation, text: str) -> Any | None:

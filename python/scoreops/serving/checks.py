@@ -43,6 +43,8 @@ class PreparedRequest:
     prompt_tokens: list[int | None] = field(default_factory=list)
     queue_wait: float | None = None
     logprobs: bool = False
+    #: tokens the request may generate in all (None: no budget beyond max_tokens per call)
+    token_budget: int | None = None
 
     @property
     def choices(self) -> int:
@@ -68,17 +70,21 @@ class RequestChecks:
 
     def _strategy(self, options: ScoreopsOptions) -> StrategySpec:
         base = self.config.strategy
-        if options.strategy is None and options.turns is None:
+        if options.strategy is None and options.turns is None and options.critic is None:
             return base
         data = base.model_dump()
         if options.strategy is not None:
             data["name"] = options.strategy
         if options.turns is not None:
             data["turns"] = options.turns
+        if options.critic is not None:
+            data["critic"] = options.critic
+            data["critic_weights"] = []
         try:
             return StrategySpec.model_validate(data)
         except ValidationError as exc:
-            param = "scoreops.turns" if options.turns is not None else "scoreops.strategy"
+            param = ("scoreops.turns" if options.turns is not None else "scoreops.critic"
+                     if options.critic is not None else "scoreops.strategy")
             msg = exc.errors(include_url=False)[0].get("msg", str(exc))
             raise bad_request(param, str(msg).removeprefix("Value error, ")) from None
 
@@ -145,16 +151,41 @@ class RequestChecks:
         room = self._room(strategy, counts, max_tokens, prompt_param, max_tokens_param)
         if room is not None:
             ceiling = min(ceiling, room)
-        timeout = self.config.limits.request_timeout_seconds
-        if options.timeout_seconds is not None:
-            timeout = min(timeout, options.timeout_seconds)
+        timeout, budget = self._request_budgets(options)
         params = SamplingParams(
             max_new_tokens=max_tokens if max_tokens is not None else ceiling,
             temperature=temperature, top_p=top_p, n=1, seed=seed, stop=tuple(stop))
+        if budget is not None and get_strategy(strategy.name).uses_critic:
+            # the search spends the request's budget evenly over its answers
+            share = max(1, budget // max(1, len(conversations) * n))
+            if strategy.token_budget is None or strategy.token_budget > share:
+                strategy = strategy.model_copy(update={"token_budget": share})
         return PreparedRequest(
             conversations=conversations, n=n, strategy=strategy, params=params,
             timeout=timeout, arrival=arrival, return_attempts=options.return_attempts,
-            prompt_tokens=counts, queue_wait=self.config.queue_wait, logprobs=logprobs)
+            prompt_tokens=counts, queue_wait=self.config.queue_wait, logprobs=logprobs,
+            token_budget=budget)
+
+    def _request_budgets(self, options: ScoreopsOptions) -> tuple[float, int | None]:
+        """(wall-time limit in seconds, generated-token budget) of a request: what it asks
+        for, or the server's limit; asking for more than the limit is a 400 naming the
+        field."""
+        lim = self.config.limits
+        timeout = lim.request_timeout_seconds
+        if options.timeout_seconds is not None:
+            if options.timeout_seconds > timeout:
+                raise bad_request("scoreops.timeout_seconds",
+                                  f"{options.timeout_seconds:g} s is above this server's "
+                                  f"limit of {timeout:g} s per request")
+            timeout = options.timeout_seconds
+        budget = lim.max_total_tokens
+        if options.max_total_tokens is not None:
+            if budget is not None and options.max_total_tokens > budget:
+                raise bad_request("scoreops.max_total_tokens",
+                                  f"{options.max_total_tokens} is above this server's limit "
+                                  f"of {budget} generated tokens per request")
+            budget = options.max_total_tokens
+        return timeout, budget
 
     def _check_limits(self, n: int, max_tokens: int | None, max_tokens_param: str,
                       logprobs: bool) -> None:

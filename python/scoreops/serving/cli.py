@@ -94,6 +94,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
         max_queue=g.get("max_queue") if g.get("max_queue") is not None else int(
             os.environ.get("SCOREOPS_MAX_QUEUE", "512")),
         request_timeout_seconds=args.request_timeout,
+        max_total_tokens=g.get("max_total_tokens"),
     )
     predictor_url = g.get("predictor_url")
     if not predictor_url and g.get("predictor_host"):

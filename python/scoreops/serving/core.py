@@ -37,6 +37,7 @@ from scoreops.serving.metrics import serving_metrics
 from scoreops.serving.protocol import ServingError
 from scoreops.serving.requests import RequestControl, RequestEngine, TextStream
 from scoreops.serving.scheduler import Admission, QueueFull, Slot
+from scoreops.strategies.registry import get_strategy
 
 log = logging.getLogger("scoreops.serving")
 
@@ -163,11 +164,12 @@ class Corrector:
         stream = None
         if emit is not None and self.decoder is not None:
             stream = TextStream(self.decoder.tokenizer, emit, request.params.stop)
+        steps = emit if get_strategy(request.strategy.name).streams_steps else None
         if slot is None:
             slot = await self.admit(request)
         loop = asyncio.get_running_loop()
         try:
-            work = self._start(loop, request, control, stream)
+            work = self._start(loop, request, control, stream, steps)
             try:
                 return await asyncio.wait_for(asyncio.shield(work), timeout=request.timeout)
             except TimeoutError:
@@ -190,7 +192,8 @@ class Corrector:
             slot.release()
 
     def _start(self, loop: asyncio.AbstractEventLoop, request: PreparedRequest,
-               control: RequestControl, stream: TextStream | None) -> asyncio.Future:
+               control: RequestControl, stream: TextStream | None,
+               steps: Callable[[int, str], None] | None = None) -> asyncio.Future:
         """Run the request in its own daemon thread; an asyncio future of its answers."""
         future: asyncio.Future = loop.create_future()
 
@@ -204,7 +207,7 @@ class Corrector:
 
         def target() -> None:
             try:
-                answers = self._execute(request, control, stream)
+                answers = self._execute(request, control, stream, steps)
             except BaseException as exc:  # handed to the awaiting task
                 if not loop.is_closed():
                     loop.call_soon_threadsafe(settle, False, exc)
@@ -223,16 +226,20 @@ class Corrector:
         return CallEngine(self.backend.engine, self._coalescer, control)
 
     def _execute(self, request: PreparedRequest, control: RequestControl,
-                 stream: TextStream | None) -> list[list[ServedResult]]:
-        """Run the request's strategy (in a worker thread)."""
+                 stream: TextStream | None,
+                 steps: Callable[[int, str], None] | None = None) -> list[list[ServedResult]]:
+        """Run the request's strategy (in a worker thread). ``steps(choice, text)`` receives
+        the steps a step-wise strategy (guided) has fixed, as they are fixed."""
         from scoreops.strategies import run_strategy
 
         control.check()
         convs: list[Conversation] = []
         for conv in request.conversations:
             convs.extend([conv] * request.n)
-        engine = Recording(self._engine_for(request, control, stream), control)
-        results = run_strategy(engine, convs, request.strategy, request.params)
+        engine = Recording(self._engine_for(request, control, stream), control,
+                           budget=request.token_budget)
+        results = run_strategy(engine, convs, request.strategy, request.params,
+                               on_step=steps)
         answers: list[list[ServedResult]] = []
         at = 0
         for _ in request.conversations:
@@ -280,4 +287,5 @@ def attempts_trace(result: Any) -> dict[str, Any]:
              **({"carried": True} if a.carried else {})}
             for a in result.attempts
         ],
+        **({"search": result.search} if getattr(result, "search", None) is not None else {}),
     }

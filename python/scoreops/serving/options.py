@@ -118,6 +118,9 @@ OPTIONS: dict[str, ServeOption] = {o.dest: o for o in (
                 help="default: $SCOREOPS_MAX_QUEUE or 512"),
     ServeOption("request_timeout", ("--request-timeout",), type=float, default=120.0,
                 help="seconds of service (from the start of running) before 504"),
+    ServeOption("max_total_tokens", ("--max-total-tokens",), type=int,
+                help="tokens one request may generate in all, every call of its strategy "
+                     "(default: no ceiling beyond --max-tokens per generation)"),
     ServeOption("max_queue_wait", ("--max-queue-wait",), type=float,
                 help="seconds a request may wait for a running slot before 429 (default: "
                      "$SCOREOPS_MAX_QUEUE_WAIT or half the request timeout)"),
@@ -139,6 +142,8 @@ SERVE_COMMAND: tuple[tuple[str, dict[str, Any]], ...] = (
                     "help": "model name clients use"}),
     ("strategy", {"default": DEFAULT_STRATEGY}),
     ("turns", {"default": 2, "help": "self-correct attempts"}),
+    ("strategy_json", {"help": "the rest of the StrategySpec as JSON, e.g. "
+                               "'{\"critic\": \"tool\", \"beam\": 2}' for guided"}),
     ("backend", {"help": "generation backend: in-process transformers or vLLM, or a remote "
                          "OpenAI-compatible predictor (--predictor-url)"}),
     ("predictor_url", {"help": "remote predictor base URL for --backend openai"}),
@@ -150,6 +155,7 @@ SERVE_COMMAND: tuple[tuple[str, dict[str, Any]], ...] = (
     ("max_queue", {"default": 512,
                    "help": "requests waiting beyond --max-concurrency; more get HTTP 429"}),
     ("request_timeout", {"help": "seconds before 504"}),
+    ("max_total_tokens", {}),
     ("max_queue_wait", {}),
     ("default_max_tokens", {"help": "max_tokens of a request that sets none (default 256, "
                                     "capped)"}),

@@ -31,7 +31,7 @@ from pydantic import (
     model_validator,
 )
 
-from scoreops.api.common import StrategyName
+from scoreops.api.common import CriticName, StrategyName
 
 __all__ = [
     "ChatCompletionRequest",
@@ -212,7 +212,11 @@ class ScoreopsOptions(BaseModel):
     strategy: StrategyName | None = Field(None, description="Override the served strategy.")
     turns: int | None = Field(None, ge=1, le=8, description="Override self-correct turns.")
     timeout_seconds: float | None = Field(
-        None, gt=0, description="Shorter deadline than the server's (the server's is the cap).")
+        None, gt=0, description="Shorter deadline than the server's (more is refused).")
+    max_total_tokens: int | None = Field(
+        None, ge=1, description="Budget of tokens the request generates in all (more than "
+        "the server's limits.max_total_tokens is refused).")
+    critic: CriticName | None = Field(None, description="Override the guided strategy's critic.")
 
 
 class StreamOptions(BaseModel):

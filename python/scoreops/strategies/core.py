@@ -26,6 +26,7 @@ from scoreops.strategies.base import (
     safe_extract,
     with_params,
 )
+from scoreops.strategies.guided import run_guided
 from scoreops.strategies.prompts import DEFAULT_AGGREGATOR_PROMPT
 from scoreops.strategies.registry import get_strategy
 from scoreops.strategies.verifiers import RewardFn, self_eval_scores
@@ -337,13 +338,6 @@ def run_moa(run: StrategyRun) -> list[StrategyResult]:
     return results
 
 
-def run_guided(run: StrategyRun) -> list[StrategyResult]:
-    """Step-level beam search steered by a critic (:mod:`scoreops.strategies.guided`)."""
-    from scoreops.strategies.guided import search_steps
-
-    return search_steps(run, run.on_step)
-
-
 #: The runners, by the name a :class:`~scoreops.strategies.registry.Strategy` gives as
 #: ``runner``.
 RUNNERS: dict[str, Callable[[StrategyRun], list[StrategyResult]]] = {
@@ -394,9 +388,7 @@ def run_strategy(
             (what evaluation uses, so that Acc@tK counts every item) appends the last
             attempt again for each skipped turn, marked ``carried=True``. ``turns_taken``
             always counts generated turns only.
-        on_step: guided only: ``(conversation index, text)`` receives the text of the steps
-            every kept partial answer shares, as they are fixed (pieces that concatenate to
-            a prefix of the final text).
+        on_step: guided: ``(conversation index, text)`` gets each step once it is fixed.
     """
     if not conversations:
         return []

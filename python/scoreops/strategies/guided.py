@@ -9,8 +9,11 @@ value is the mean score of its steps, and the ``beam`` best partial answers (fin
 compete with the extended ones) are kept, as in self-evaluation-guided decoding and GRACE.
 The search ends when every kept answer is finished (end of sequence or the answer's token
 limit), at ``strategy.max_steps`` (the last step is generated to the end, without the
-delimiter) or when the item's ``strategy.token_budget`` is spent; the answer is the best
-finished one (else the best partial one).
+delimiter) or when the item's ``strategy.token_budget`` is spent (every generated token
+counts, the self-eval critic's one-token verdicts included; a step is only started if each
+of its candidates can get a token); the answer is the best finished one (else the best
+partial one). ``completion_tokens`` counts the candidates' tokens; the verdicts are
+``search["critic_tokens"]``.
 
 How it uses the engine: one batched ``generate`` call per step over every conversation's
 partial answers (``n = expand``, ``beam × expand`` at the first step), as exact token ids
@@ -46,7 +49,7 @@ from scoreops.strategies.critics import CriticSetup, StepCandidate, build_critic
 if TYPE_CHECKING:
     from scoreops.strategies.core import StrategyRun
 
-__all__ = ["search_steps"]
+__all__ = ["run_guided", "search_steps"]
 
 #: ``(conversation index, text)``: the text of steps every kept partial answer shares, sent
 #: as those steps are fixed (each call adds to the previous ones).
@@ -92,6 +95,10 @@ class _Item:
     sent: str = ""  # text of the fixed steps already sent
     stopped: str | None = None  # why the search ended early (budget)
     critic_tokens: int = 0  # tokens the critic generated (self-eval's verdicts)
+
+    def left(self, budget: int) -> int:
+        """Tokens of ``budget`` not yet generated (candidates and critic verdicts)."""
+        return budget - self.generated - self.critic_tokens
 
     def path_nodes(self, node: int) -> list[int]:
         out = []
@@ -172,7 +179,8 @@ def search_steps(run: StrategyRun, sink: StepSink | None = None) -> list[Strateg
         for i, item in enumerate(items):
             paths = [p for p in item.beam if not p.done]
             if budget is not None and paths:
-                room = (budget - item.generated) // (len(paths) * n)
+                rows = len(paths) * n
+                room = (item.left(budget) - (rows if judged else 0)) // rows
                 if room < 1:
                     item.stopped = "token budget"
                     continue
@@ -184,8 +192,8 @@ def search_steps(run: StrategyRun, sink: StepSink | None = None) -> list[Strateg
             per_item: dict[int, int] = {}
             for i, _ in live:
                 per_item[i] = per_item.get(i, 0) + n
-            remaining = min(remaining, *((budget - items[i].generated) // rows
-                                         for i, rows in per_item.items()))
+            remaining = min(remaining, *((items[i].left(budget) - (rows if judged else 0))
+                                         // rows for i, rows in per_item.items()))
         step_params = with_params(
             sampling, n=n, max_new_tokens=max(1, remaining), seed=_step_seed(params.seed, depth),
             stop=user_stops if last else (delimiter, *user_stops))
@@ -282,3 +290,7 @@ def _result(run: StrategyRun, index: int, item: _Item, notes: list[str]) -> Stra
         turns_taken=1, completion_tokens=item.generated, prompt_tokens=item.prompt_tokens,
         notes=list(notes), search=search)
 
+
+def run_guided(run: StrategyRun) -> list[StrategyResult]:
+    """Step-level beam search steered by ``strategy.critic`` (see the module doc)."""
+    return search_steps(run, run.on_step)

@@ -145,6 +145,8 @@ class Strategy:
             and ``self-correct``. Otherwise turn 1 is the first sample and turn 2 the final
             (voted, ranked or aggregated) answer.
         uses_agent_models: the strategy loads ``StrategySpec.agent_models`` (``moa``).
+        streams_steps: the strategy fixes its answer step by step and reports each fixed step
+            (``run_strategy``'s ``on_step``): a server streams those instead of a call.
         uses_critic: the strategy scores its steps with ``StrategySpec.critic`` (``guided``),
             so a ``reward-model`` critic needs a ``rewardModel``.
         uses_verifier: the strategy ranks its samples with ``StrategySpec.verifier``
@@ -168,6 +170,7 @@ class Strategy:
     uses_agent_models: bool = False
     uses_verifier: bool = False
     uses_critic: bool = False
+    streams_steps: bool = False
     min_turns: int = 1
     final_call: Callable[[StrategySettings], int | None] = _chosen_after_sampling
     context: Callable[[StrategySettings, Overhead], tuple[int, int]] = _one_generation
@@ -193,7 +196,7 @@ STRATEGIES: dict[str, Strategy] = {s.name: s for s in (
              context=_candidate_and_question, caption=_ranked_caption),
     Strategy("moa", "run_moa", uses_agent_models=True, final_call=_aggregator_call,
              context=_listed_responses, caption=_agents_caption),
-    Strategy("guided", "run_guided", uses_critic=True, context=_answer_and_step_question,
+    Strategy("guided", "run_guided", uses_critic=True, streams_steps=True, context=_answer_and_step_question,
              caption=_search_caption),
 )}
 

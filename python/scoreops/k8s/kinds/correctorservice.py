@@ -140,7 +140,8 @@ def transformer_args(service: CorrectorService, namespace: str) -> list[str]:
         model_name=served_name(service), backend="openai",
         predictor_url=predictor_url(service, namespace), strategy=strategy.name,
         turns=strategy.turns, max_tokens=lim.max_tokens, max_n=lim.max_n,
-        max_concurrency=lim.max_concurrency, request_timeout=lim.request_timeout_seconds)
+        max_concurrency=lim.max_concurrency, request_timeout=lim.request_timeout_seconds,
+        max_total_tokens=lim.max_total_tokens)
 
 
 def transformer(service: CorrectorService, config: OperatorConfig,
