@@ -68,7 +68,8 @@ def write_data(args: argparse.Namespace, root: Path) -> tuple[str, str]:
     from scoreops.data.items import Item
 
     config = json.loads(args.task_config)
-    pool = generate_items(args.task, (args.train_items + args.eval_items) * 10, seed=0,
+    pool = generate_items(args.task, (args.train_items + args.eval_items) * args.pool_factor,
+                          seed=0,
                           config=config)
     seen: set[str] = set()
     unique = []
@@ -546,6 +547,9 @@ def main() -> None:
     p.add_argument("--task-config", default='{"low": 0, "high": 49}',
                    help="the task's config as JSON (default: operands 0..49, 2,500 questions)")
     p.add_argument("--train-items", type=int, default=2000)
+    p.add_argument("--pool-factor", type=int, default=10,
+                   help="generate this many times the items needed, then keep distinct "
+                        "questions (1 for a task whose generator returns distinct ones)")
     p.add_argument("--eval-items", type=int, default=200)
     p.add_argument("--max-new-tokens", type=int, default=16)
     p.add_argument("--temperature", type=float, default=0.7)

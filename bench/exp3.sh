@@ -12,7 +12,7 @@ PY=${PY:-.venv/bin/python}
 FORM="in the form 'Answer: True' or 'Answer: False'"
 COMMON=(--task bbh_boolean_expressions --task-config '{}' --verifier exact
   --max-new-tokens 8 --steps 30 --batch 4 --samples 4 --temperature 0.7 --lr 2e-5
-  --train-items 2000 --eval-items 200 --eval-samples 4 --threads 1
+  --train-items 1800 --eval-items 200 --pool-factor 1 --eval-samples 4 --threads 1
   --suffix " Reply with the result only, $FORM."
   --instruction "There might be an error in your answer. Check it and give the correct result, $FORM."
   --oracle-correct "Your answer is correct. Give it again, $FORM."
