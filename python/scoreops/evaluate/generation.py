@@ -102,7 +102,30 @@ def _item_record(index: int, item: dict[str, Any], prompt: Any, result: Strategy
         rec["attempts"] = [
             {"turn": a.turn, "agent": a.agent, "output": a.text,
              "extracted": a.answer, "score": a.score} for a in result.attempts]
+    if result.search is not None:  # guided: the compact search tree
+        rec["search"] = result.search
     return rec
+
+
+def search_metrics(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Over the records that carry a guided search tree: mean steps of the answers, tokens
+    per item (candidates; the critic's verdicts apart), candidates pruned per item, and how
+    often the critic rejected a step the answer would otherwise have used (the sibling the
+    model preferred, scored lower than the chosen step): per chosen step and per item."""
+    searches = [r["search"] for r in records if r.get("search")]
+    if not searches:
+        return {}
+    n = len(searches)
+    steps = sum(s["steps"] for s in searches)
+    return {"search": {
+        "items": n, "mean_steps": steps / n,
+        "tokens_per_item": sum(r["completion_tokens"] for r in records if r.get("search")) / n,
+        "critic_tokens_per_item": sum(s.get("critic_tokens", 0) for s in searches) / n,
+        "pruned_per_item": sum(s["pruned"] for s in searches) / n,
+        "override_rate": sum(s["overrides"] for s in searches) / steps if steps else 0.0,
+        "items_overridden": sum(1 for s in searches if s["overrides"]) / n,
+        "budget_stops": sum(1 for s in searches if s.get("stopped")),
+    }}
 
 
 def _generative_metrics(bench: Benchmark, strategy: str, rows: list[list[dict[str, Any]]],
@@ -132,6 +155,7 @@ def _generative_metrics(bench: Benchmark, strategy: str, rows: list[list[dict[st
         metrics["n"] = 0
     metrics["unparsed_t1"] = sum(1 for r in rows if r and r[0]["extracted"] is None)
     metrics["completion_tokens"] = sum(r["completion_tokens"] for r in records)
+    metrics.update(search_metrics(records))
     if notes:
         metrics["notes"] = sorted(notes)
     return metrics

@@ -78,6 +78,20 @@ def _side_section(per_model: dict[str, Metrics], side: str, caption: str) -> lis
     return [f"{caption}:", "", results_table(correction_rows(side_rows, label="model")), ""]
 
 
+def _search_line(s: Metrics) -> str:
+    """The guided search's figures (``search`` of a benchmark's metrics)."""
+    line = (f"guided search: {s['mean_steps']:.1f} steps per answer, "
+            f"{s['tokens_per_item']:.0f} generated tokens per item"
+            + (f" (+{s['critic_tokens_per_item']:.0f} critic tokens)"
+               if s.get("critic_tokens_per_item") else "")
+            + f", {s['pruned_per_item']:.1f} candidates pruned per item; the critic rejected "
+            f"the step the model preferred at {s['override_rate']:.0%} of chosen steps "
+            f"({s['items_overridden']:.0%} of items)")
+    if s.get("budget_stops"):
+        line += f"; {s['budget_stops']} searches stopped at the token budget"
+    return line
+
+
 def _generative_section(per_model: dict[str, Metrics],
                         side_metrics: Mapping[str, str]) -> list[str]:
     """The correction table, one per side metric, and per model what could not be read."""
@@ -93,6 +107,8 @@ def _generative_section(per_model: dict[str, Metrics],
             extra.append(f"{v['unparsed_t1']} first attempts had no readable answer")
         if v.get("skipped"):
             extra.append(f"{v['skipped']} malformed items skipped")
+        if v.get("search"):
+            extra.append(_search_line(v["search"]))
         if extra:
             lines += [f"- {m}: " + "; ".join(extra)]
     lines.append("")
