@@ -275,12 +275,12 @@ def test_the_operators_children_apply_with_the_operators_permissions(
     assert master["nodeSelector"] == {"cloud.example.com/gpu-pool": "h100"}
     assert job["spec"]["nprocPerNode"] == "4"
     assert master["terminationGracePeriodSeconds"] == 600
-    # the predictor's storage account lists the chart's Secret, with KServe's annotations
+    # the predictor's storage account lists the chart's Secret (KServe reads the endpoint from
+    # the Secret, not from a ServiceAccount without an IAM role: no annotations here)
     account = json.loads(cluster.kubectl("get", "serviceaccount", "llama8b-corrector-storage",
                                          "-n", release.team, "-o", "json").stdout)
     assert account["secrets"] == [{"name": "s3-credentials"}]
-    assert account["metadata"]["annotations"]["serving.kserve.io/s3-endpoint"] == \
-        "minio.storage:9000"
+    assert "annotations" not in account["metadata"]
 
     # and the operator may write the status the API server keeps apart from the spec
     patch = json.dumps({"status": {"phase": "Running", "stage": "stage1", "step": 3}})
@@ -306,6 +306,16 @@ VARIANTS = {
                       "--set-json", 'operator.extraEnv=[{"name":"X","value":"1"}]',
                       "--set-json", 'operator.tolerations=[{"key":"infra","operator":"Exists"}]'],
     "namespaced": ["WATCH"],
+    "private-registry-gpu": ["--set", "images.registry=registry.example.com/ml",
+                             "--set", "images.pullPolicy=Always",
+                             "--set", "images.pullSecrets={regcred,mirror-cred}",
+                             "--set", "servingRuntime.enabled=true",
+                             "--set", "servingRuntime.gpus=1",
+                             "--set", "servingRuntime.image.repository="
+                                      "registry.example.com/ml/huggingfaceserver",
+                             "--set-json", 'gpu.nodeSelector={"pool":"h100"}',
+                             "--set", "kserve.deploymentMode=Serverless",
+                             "--set", "kserve.knativePodspecFlags=true"],
 }
 
 

@@ -30,7 +30,10 @@ pytestmark = pytest.mark.e2e
 GROUP, VERSION = "scoreops.io", "v1alpha1"
 SYNC = "0.5"  # seconds between status syncs in the operator under test
 OPERATOR_ENV = {"SCOREOPS_SYNC_INTERVAL": SYNC, "SCOREOPS_IMAGE_TAG": "e2e",
-                "SCOREOPS_S3_SECRET": "s3-credentials"}
+                "SCOREOPS_S3_SECRET": "s3-credentials",
+                # a private registry, as the chart passes images.pullSecrets / pullPolicy
+                "SCOREOPS_IMAGE_PULL_SECRETS": '["regcred"]',
+                "SCOREOPS_IMAGE_PULL_POLICY": "Always"}
 T = TypeVar("T")
 
 
@@ -522,3 +525,59 @@ def test_corrector_service_without_an_account_gets_the_platforms_storage_account
     assert [(o.kind, o.name, o.uid) for o in account.metadata.owner_references] == [
         ("CorrectorService", "plain", owner["metadata"]["uid"])]
 
+
+
+def _pod_specs(child: dict[str, Any]) -> list[dict[str, Any]]:
+    spec = child["spec"]
+    if child["kind"] == "PyTorchJob":
+        return [r["template"]["spec"] for r in spec["pytorchReplicaSpecs"].values()]
+    if child["kind"] == "Job":
+        return [spec["template"]["spec"]]
+    return [spec["predictor"], spec["transformer"]]
+
+
+def test_every_child_pod_pulls_from_the_private_registry(
+        operator: OperatorProcess, kube: Kube) -> None:
+    """With the chart's images.pullSecrets / pullPolicy in its environment, the operator puts
+    them on every pod it creates: the trainers, the evaluator, the predictor and the
+    transformer; and the predictor of a trained run's weights reads them with the Secret the
+    run wrote them with."""
+    from kubernetes import client
+
+    kube.create(scorerun("pulls", kube.ns,
+                         output={"uri": f"s3://runs/{kube.ns}/pulls",
+                                 "credentialsSecret": "team-s3"}))
+    kube.create({
+        "apiVersion": f"{GROUP}/{VERSION}", "kind": "EvalSuite",
+        "metadata": {"name": "pulls-endpoint", "namespace": kube.ns},
+        "spec": {"models": [{"name": "svc", "endpoint": "http://corrector.team/openai/v1"}],
+                 "benchmarks": [{"name": "gsm8k", "limit": 4}],
+                 "output": {"uri": f"s3://evals/{kube.ns}/pulls"}},
+    })
+    job = wait_for(lambda: kube.job("pulls-train"), "the PyTorchJob")
+    batch = client.BatchV1Api(kube.core.api_client)
+    eval_job = wait_for(lambda: next(iter(batch.list_namespaced_job(
+        kube.ns, field_selector="metadata.name=pulls-endpoint-eval").items), None),
+        "the evaluator Job")
+    write_progress(kube.ns, "pulls", 18, phase="Succeeded")
+    kube.set_job("pulls-train", "Created", "Running", "Succeeded")
+    wait_for(lambda: kube.status("scoreruns", "pulls").get("phase") == "Succeeded", "done")
+    kube.create({
+        "apiVersion": f"{GROUP}/{VERSION}", "kind": "CorrectorService",
+        "metadata": {"name": "pulls-svc", "namespace": kube.ns},
+        "spec": {"model": {"scoreRun": "pulls"}},
+    })
+    isvc = wait_for(lambda: kube.get("inferenceservices", "pulls-svc", "serving.kserve.io",
+                                     "v1beta1"), "the InferenceService", timeout=45)
+    children = [job, {**kube.core.api_client.sanitize_for_serialization(eval_job), "kind": "Job"},
+                isvc]
+    pods = [pod for child in children for pod in _pod_specs(child)]
+    assert len(pods) == 5  # master, worker, evaluator, predictor, transformer
+    for pod in pods:
+        assert pod["imagePullSecrets"] == [{"name": "regcred"}]
+        for container in pod.get("containers", []):
+            assert container["imagePullPolicy"] == "Always"
+    assert isvc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == \
+        "RawDeployment"
+    account = kube.core.read_namespaced_service_account("pulls-svc-storage", kube.ns)
+    assert [s.name for s in account.secrets] == ["team-s3"]  # the run's, not the platform's

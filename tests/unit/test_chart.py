@@ -447,6 +447,80 @@ def test_serving_runtime_with_gpus_lands_on_the_gpu_pool(helm: Any) -> None:
         assert rt["spec"]["tolerations"][0]["key"] == "nvidia.com/gpu"
 
 
+PRIVATE_GPU = {
+    "images": {"registry": "registry.example.com/ml", "tag": "1.2.3", "pullPolicy": "Always",
+               "pullSecrets": ["regcred", "mirror-cred"]},
+    "s3": {"existingSecret": "s3-credentials", "endpoint": "https://minio.storage:9000",
+           "region": "eu-west-1"},
+    "gpu": {"nodeSelector": {"cloud.example.com/gpu-pool": "h100"},
+            "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists",
+                             "effect": "NoSchedule"}]},
+    "servingRuntime": {"enabled": True, "gpus": 1, "namespaces": ["team"],
+                       "image": {"repository": "registry.example.com/ml/huggingfaceserver",
+                                 "tag": "v0.21.0"}},
+}
+
+
+def test_private_registry_and_gpu_values_reach_every_pod(helm: Any, tmp_path: Path) -> None:
+    """The chart with a private registry and a GPU pool lints, renders the pull Secrets into
+    the operator's pod, the ServingRuntime and the operator's settings, and the operator then
+    gives them to every child pod of every example."""
+    from scoreops.api import load_resource
+    from scoreops.k8s.builders import build_children, referenced_runs
+    from scoreops.k8s.config import OperatorConfig
+
+    values = tmp_path / "private-gpu.yaml"
+    values.write_text(yaml.safe_dump(PRIVATE_GPU))
+    helm("lint", "--strict", str(CHART), "--values", str(values))
+    objs = render(helm, "--values", str(values))
+    want = [{"name": "regcred"}, {"name": "mirror-cred"}]
+    assert one(objs, "Deployment")["spec"]["template"]["spec"]["imagePullSecrets"] == want
+    rt = one(objs, "ServingRuntime")
+    assert rt["spec"]["imagePullSecrets"] == want
+    assert rt["spec"]["containers"][0]["imagePullPolicy"] == "Always"
+    assert rt["metadata"]["annotations"]["serving.kserve.io/server-type"] == "huggingfaceserver"
+    config = OperatorConfig.from_env(env_of(container(objs)))
+    assert config.pull_secrets == ("regcred", "mirror-cred") and config.pull_policy == "Always"
+    pods = 0
+    for path in sorted((ROOT / "manifests" / "examples").glob("*.yaml")):
+        resource = load_resource(path)
+        uris = {r: f"s3://runs/{r}/final" for r in referenced_runs(resource)}
+        for child in build_children(resource, config, "team", uris):
+            spec = child.get("spec", {})
+            if child["kind"] == "PyTorchJob":
+                templates = [r["template"]["spec"] for r in spec["pytorchReplicaSpecs"].values()]
+            elif child["kind"] == "Job":
+                templates = [spec["template"]["spec"]]
+            elif child["kind"] == "InferenceService":
+                templates = [spec["predictor"], spec["transformer"]]
+            else:
+                continue
+            for pod in templates:
+                pods += 1
+                assert pod["imagePullSecrets"] == want, (path.name, child["kind"])
+                for c in pod.get("containers", []):
+                    assert c["imagePullPolicy"] == "Always"
+                    assert c["image"].startswith("registry.example.com/ml/")
+    assert pods >= 8
+
+
+def test_serverless_renders_only_with_the_knative_flags(helm: Any) -> None:
+    from scoreops.k8s.config import OperatorConfig
+
+    out = helm("template", RELEASE, str(CHART), "--set", "kserve.deploymentMode=Serverless",
+               check=False)
+    assert out.returncode != 0
+    for flag in ("kubernetes.podspec-tolerations", "kubernetes.podspec-nodeselector",
+                 "kubernetes.podspec-affinity", "kserve.knativePodspecFlags=true"):
+        assert flag in out.stderr, flag
+    objs = render(helm, "--set", "kserve.deploymentMode=Serverless",
+                  "--set", "kserve.knativePodspecFlags=true")
+    config = OperatorConfig.from_env(env_of(container(objs)))
+    assert config.kserve_deployment_mode == "Serverless" and config.knative_podspec_flags
+    default = OperatorConfig.from_env(env_of(container(render(helm))))
+    assert default.kserve_deployment_mode == "RawDeployment"
+
+
 # --- values: schema and documentation -------------------------------------------------------------
 
 BAD_VALUES = [
@@ -468,6 +542,8 @@ BAD_VALUES = [
     (["--set", "training.terminationGracePeriodSeconds=5"],
      "/training/terminationGracePeriodSeconds"),
     (["--set", "s3.region=EU West"], "/s3/region"),
+    (["--set", "kserve.deploymentMode=Standby"], "/kserve/deploymentMode"),
+    (["--set", "kserve.knativePodspecFlags=yes"], "/kserve/knativePodspecFlags"),
 ]
 
 
@@ -556,11 +632,14 @@ def test_notes_tell_the_next_step(helm: Any) -> None:
 
 
 def test_every_value_the_guide_sets_is_accepted(helm: Any) -> None:
-    guide = (ROOT / "docs" / "cluster.md").read_text()
-    flags = re.findall(r"(--set(?:-json)?)[ =]('[^']*'|[^\s`]+)", guide)
-    assert len(flags) >= 5
-    for flag, value in flags:
-        objs = render(helm, flag, value.strip("'"))
-        assert one(objs, "Deployment")
+    guide = (ROOT / "docs" / "cluster.md").read_text().replace("\\\n", " ")
+    seen = 0
+    for line in guide.splitlines():  # the flags of one command line go together
+        flags = re.findall(r"(--set(?:-json)?)[ =]('[^']*'|[^\s`]+)", line)
+        seen += len(flags)
+        if flags:
+            args = [part for flag, value in flags for part in (flag, value.strip("'"))]
+            assert one(render(helm, *args), "Deployment")
+    assert seen >= 5
     for name in re.findall(r"manifests/examples/([\w.-]+\.yaml)", guide):
         assert (ROOT / "manifests" / "examples" / name).is_file(), name

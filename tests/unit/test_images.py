@@ -20,7 +20,7 @@ IMAGES = ROOT / "images"
 VERSIONS = IMAGES / "versions.env"
 NAMES = ["operator", "trainer", "evaluator", "server"]
 ENTRYPOINTS = {
-    "trainer": ["python", "-m", "scoreops.train"],
+    "trainer": ["/opt/scoreops/jobs/launch.sh"],
     "evaluator": ["python", "-m", "scoreops.evaluate"],
     "server": ["python", "-m", "scoreops.serving"],
 }
@@ -174,11 +174,38 @@ def test_gpu_images_carry_the_pinned_stack() -> None:
     for key in ("TORCH_VERSION", "VLLM_VERSION", "DEEPSPEED_VERSION", "TRANSFORMERS_VERSION"):
         assert f"${{{key}" in trainer, key
     assert "[train]" in trainer
-    server = dockerfile("server")
-    for key in ("TORCH_VERSION", "VLLM_VERSION", "KSERVE_VERSION"):
-        assert f"${{{key}" in server, key
-    assert "[serve]" in server
     assert instructions(dockerfile("evaluator"))[1] == ("FROM", "${TRAINER_IMAGE}")
+
+
+def test_the_transformer_image_carries_no_gpu_stack() -> None:
+    """The server image is a CorrectorService's transformer, a CPU pod that calls the
+    predictor over HTTP: no torch, no vLLM, no transformers, and not the `serve` extra (which
+    pulls in `train`). The build itself asserts that no GPU library got in."""
+    installs = " ".join(rest for op, rest in instructions(dockerfile("server"))
+                        if op == "RUN").lower()
+    for heavy in ("torch", "transformers", "vllm", "deepspeed", "accelerate"):
+        assert not re.search(rf"\b{heavy}==", installs), heavy
+    assert not re.search(r"\.whl\[", installs), "the wheel must go in without extras"
+    for key in ("KSERVE_VERSION", "OPENAI_VERSION", "HTTPX_VERSION"):
+        assert f"${{{key}" in dockerfile("server"), key
+    assert "find_spec" in installs and "'torch'" in installs  # the build's own check
+    assert "apt-get" not in installs  # no compiler for Triton kernels either
+
+
+@pytest.mark.parametrize(("name", "builder"), [
+    ("trainer", "scoreops.k8s.kinds.scorerun:TRAIN_COMMAND"),
+    ("evaluator", "scoreops.k8s.kinds.evalsuite:EVAL_COMMAND"),
+])
+def test_image_defaults_run_what_the_operator_runs(name: str, builder: str) -> None:
+    """ENTRYPOINT + CMD of the job images is the command the operator gives their pods: the
+    trainer through jobs/launch.sh (one torchrun per pod), the evaluator on the spec key the
+    operator mounts (suite.json, not run.json)."""
+    import importlib
+
+    module, _, attr = builder.partition(":")
+    command = getattr(importlib.import_module(module), attr)
+    ops = dict(final_stage(dockerfile(name)))
+    assert exec_form(ops["ENTRYPOINT"]) + exec_form(ops["CMD"]) == command
 
 
 @pytest.mark.parametrize("name", NAMES)

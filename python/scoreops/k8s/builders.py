@@ -85,9 +85,11 @@ __all__ = [
 
 
 def build_children(resource: Resource, config: OperatorConfig, namespace: str | None = None,
-                   model_uris: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
-    """Every child of ``resource``, in the order they are applied."""
-    return spec_of(resource).build(resource, config, namespace, model_uris)
+                   model_uris: Mapping[str, str] | None = None,
+                   model_secrets: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+    """Every child of ``resource``, in the order they are applied (``model_uris`` and
+    ``model_secrets``: see :data:`scoreops.k8s.kindspec.Build`)."""
+    return spec_of(resource).build(resource, config, namespace, model_uris, model_secrets)
 
 
 def referenced_runs(resource: Resource) -> list[str]:

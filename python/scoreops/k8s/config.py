@@ -26,6 +26,18 @@ DEFAULT_REGISTRY = "ghcr.io/scoreops"
 # says otherwise: a step of an 8B model's RL loop plus a sharded checkpoint write.
 DEFAULT_TRAIN_GRACE_SECONDS = 600
 SPEC_DIR = "/etc/scoreops"
+PULL_POLICIES = ("Always", "IfNotPresent", "Never")
+# KServe's deployment modes (pkg/constants/constants.go: "RawDeployment" is the legacy name of
+# "Standard" and "Serverless" of "Knative"; KServe normalises them, and releases before 0.16
+# know only the legacy names, so the operator writes those).
+KSERVE_RAW = "RawDeployment"
+KSERVE_SERVERLESS = "Serverless"
+KSERVE_MODES = {"RawDeployment": KSERVE_RAW, "Standard": KSERVE_RAW,
+                "Serverless": KSERVE_SERVERLESS, "Knative": KSERVE_SERVERLESS}
+# The Knative feature flags (config-features in knative-serving) without which Knative refuses
+# a pod spec with tolerations, a node selector or affinity (pkg/apis/config/features.go).
+KNATIVE_PODSPEC_FLAGS = ("kubernetes.podspec-tolerations", "kubernetes.podspec-nodeselector",
+                         "kubernetes.podspec-affinity")
 
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 LABEL_NAME = "app.kubernetes.io/name"
@@ -101,6 +113,13 @@ class OperatorConfig:
       when a ScoreRun sets none (default 600).
     - ``SCOREOPS_SYNC_INTERVAL``: seconds between status syncs of a running resource
       (PyTorchJob/Job/InferenceService conditions, progress file, stall check); default 10.
+    - ``SCOREOPS_IMAGE_PULL_POLICY`` (default ``IfNotPresent``) and
+      ``SCOREOPS_IMAGE_PULL_SECRETS`` (JSON list of Secret names): the ``imagePullPolicy`` of
+      every container and the ``imagePullSecrets`` of every pod the operator creates.
+    - ``SCOREOPS_KSERVE_DEPLOYMENT_MODE``: ``RawDeployment`` (default) or ``Serverless``, the
+      ``serving.kserve.io/deploymentMode`` of every InferenceService. ``Serverless`` is
+      refused unless ``SCOREOPS_KNATIVE_PODSPEC_FLAGS`` is ``true``: the GPU pool's
+      tolerations and node selector need Knative's :data:`KNATIVE_PODSPEC_FLAGS`.
     """
 
     registry: str = DEFAULT_REGISTRY
@@ -112,6 +131,14 @@ class OperatorConfig:
     s3_region: str | None = None
     train_grace_seconds: int = DEFAULT_TRAIN_GRACE_SECONDS
     sync_interval: float = 10.0
+    pull_policy: str = "IfNotPresent"
+    pull_secrets: tuple[str, ...] = ()
+    kserve_deployment_mode: str = KSERVE_RAW
+    knative_podspec_flags: bool = False
+
+    def pod_pull_secrets(self) -> list[dict[str, str]]:
+        """``imagePullSecrets`` of a pod the operator creates."""
+        return [{"name": name} for name in self.pull_secrets]
 
     def image(self, component: str) -> str:
         """``<registry>/<component>:<tag>`` for trainer, evaluator, server or operator."""
@@ -143,6 +170,13 @@ class OperatorConfig:
         if not grace_text.isdigit() or int(grace_text) < 10:
             raise ConfigError(f"SCOREOPS_TRAIN_GRACE_SECONDS: {grace_text!r} is not a whole "
                               "number of seconds >= 10")
+        policy = env.get("SCOREOPS_IMAGE_PULL_POLICY", "").strip() or "IfNotPresent"
+        if policy not in PULL_POLICIES:
+            raise ConfigError(f"SCOREOPS_IMAGE_PULL_POLICY: {policy!r} is not one of "
+                              f"{', '.join(PULL_POLICIES)}")
+        secrets = _json_env(env, "SCOREOPS_IMAGE_PULL_SECRETS", list)
+        if not all(isinstance(s, str) and s for s in secrets):
+            raise ConfigError("SCOREOPS_IMAGE_PULL_SECRETS: expected a JSON list of Secret names")
         return cls(
             registry=env.get("SCOREOPS_IMAGE_REGISTRY", "").strip() or DEFAULT_REGISTRY,
             tag=env.get("SCOREOPS_IMAGE_TAG", "").strip() or scoreops.__version__,
@@ -153,7 +187,31 @@ class OperatorConfig:
             s3_region=env.get("SCOREOPS_S3_REGION", "").strip() or None,
             train_grace_seconds=int(grace_text),
             sync_interval=interval,
+            pull_policy=policy,
+            pull_secrets=tuple(secrets),
+            kserve_deployment_mode=_deployment_mode(env),
+            knative_podspec_flags=_knative_flags(env),
         )
+
+
+def _knative_flags(env: Mapping[str, str]) -> bool:
+    return env.get("SCOREOPS_KNATIVE_PODSPEC_FLAGS", "").strip().lower() == "true"
+
+
+def _deployment_mode(env: Mapping[str, str]) -> str:
+    text = env.get("SCOREOPS_KSERVE_DEPLOYMENT_MODE", "").strip() or KSERVE_RAW
+    mode = KSERVE_MODES.get(text)
+    if mode is None:
+        raise ConfigError(f"SCOREOPS_KSERVE_DEPLOYMENT_MODE: {text!r} is not RawDeployment "
+                          "or Serverless")
+    if mode == KSERVE_SERVERLESS and not _knative_flags(env):
+        raise ConfigError(
+            "SCOREOPS_KSERVE_DEPLOYMENT_MODE=Serverless: Knative refuses the GPU pool's "
+            "tolerations and node selector unless the knative-serving ConfigMap "
+            f"config-features sets {', '.join(f'{f}: enabled' for f in KNATIVE_PODSPEC_FLAGS)}"
+            "; turn them on and set SCOREOPS_KNATIVE_PODSPEC_FLAGS=true "
+            "(kserve.knativePodspecFlags), or use RawDeployment")
+    return mode
 
 
 def _json_env(env: Mapping[str, str], name: str, kind: type) -> Any:

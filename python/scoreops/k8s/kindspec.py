@@ -51,7 +51,10 @@ class SyncContext(Protocol):
                            compute: Callable[[Any], Status]) -> Status | None: ...
 
 
-Build = Callable[[Any, OperatorConfig, str | None, Mapping[str, str] | None], Children]
+# (resource, config, namespace, model_uris, model_secrets): the two maps are keyed by the
+# referenced ScoreRuns' names (their weights' URI, their output.credentialsSecret).
+Build = Callable[[Any, OperatorConfig, str | None, Mapping[str, str] | None,
+                  Mapping[str, str] | None], Children]
 Sync = Callable[[SyncContext, Mapping[str, Any], Mapping[str, Any] | None], Awaitable[Outcome]]
 
 

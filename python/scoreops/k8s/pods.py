@@ -18,7 +18,9 @@ from scoreops.api.common import OutputSpec, WorkerResources
 from scoreops.k8s.config import ANNOTATION_SPEC_HASH, OWNER_API_VERSION, SPEC_DIR, OperatorConfig
 from scoreops.k8s.kindspec import KindSpec
 
-# The training operator only wires up (MASTER_ADDR, RANK, ...) a container named "pytorch".
+# The training operator gives every container of a PyTorchJob pod the rendezvous variables
+# (MASTER_ADDR, RANK, PET_*: controller.v1/pytorch/envvar.go), but reads the exit code of, and
+# opens the port on, the container named "pytorch" (PyTorchJobDefaultContainerName).
 PYTORCH_CONTAINER = "pytorch"
 PYTORCHJOB_API_VERSION = "kubeflow.org/v1"
 
@@ -108,7 +110,9 @@ def s3_env(output: OutputSpec, config: OperatorConfig) -> list[dict[str, Any]]:
     The Secret is ``output.credentialsSecret``, else the platform default
     (``SCOREOPS_S3_SECRET``); with neither, no credentials are set (pods then use whatever
     identity the cluster gives them, e.g. workload identity). The endpoint is the platform's
-    (``SCOREOPS_S3_ENDPOINT``) when set, else ``AWS_ENDPOINT_URL`` from the Secret if present.
+    (``SCOREOPS_S3_ENDPOINT``) when set, else ``AWS_ENDPOINT_URL`` from the Secret if present;
+    the region likewise (``SCOREOPS_S3_REGION``, else the Secret's ``AWS_DEFAULT_REGION``, the
+    name boto3 and KServe's storage initializer read).
     """
     secret = output.credentials_secret or config.s3_secret
     env: list[dict[str, Any]] = []
@@ -120,6 +124,11 @@ def s3_env(output: OutputSpec, config: OperatorConfig) -> list[dict[str, Any]]:
     elif secret:
         env.append({"name": "AWS_ENDPOINT_URL", "valueFrom": {"secretKeyRef": {
             "name": secret, "key": "AWS_ENDPOINT_URL", "optional": True}}})
+    if config.s3_region:
+        env.append({"name": "AWS_DEFAULT_REGION", "value": config.s3_region})
+    elif secret:
+        env.append({"name": "AWS_DEFAULT_REGION", "valueFrom": {"secretKeyRef": {
+            "name": secret, "key": "AWS_DEFAULT_REGION", "optional": True}}})
     return env
 
 
@@ -199,7 +208,7 @@ def job_pod_template(kind: KindSpec, resource: Resource, *, container: str, imag
     main: dict[str, Any] = {
         "name": container,
         "image": image,
-        "imagePullPolicy": "IfNotPresent",
+        "imagePullPolicy": config.pull_policy,
         "command": command,
         "env": [*common_env(resource.kind, resource.metadata.name),
                 *([{"name": "SCOREOPS_GPUS_PER_WORKER", "value": str(gpus)}] if gpus else []),
@@ -219,6 +228,8 @@ def job_pod_template(kind: KindSpec, resource: Resource, *, container: str, imag
     if grace_seconds is not None:
         pod["terminationGracePeriodSeconds"] = grace_seconds
     pod["containers"] = [main]
+    if config.pull_secrets:
+        pod["imagePullSecrets"] = config.pod_pull_secrets()
     pod.update(placement(res, gpus, config))
     pod["volumes"] = [
         {"name": "spec", "configMap": {"name": spec_map_name}},

@@ -36,7 +36,7 @@ from scoreops.k8s.kinds import SCORERUN, kind_spec
 from scoreops.k8s.kindspec import Action, Outcome, resource_from_body
 
 __all__ = ["Action", "Outcome", "Reconciler", "child_key", "resource_from_body",
-           "scorerun_model_uri", "slim_body"]
+           "scorerun_credentials_secret", "scorerun_model_uri", "slim_body"]
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,13 @@ def scorerun_model_uri(run: Mapping[str, Any]) -> str | None:
         return None
     output = ((run.get("spec") or {}).get("output") or {}).get("uri")
     return f"{str(output).rstrip('/')}/final" if output else None
+
+
+def scorerun_credentials_secret(run: Mapping[str, Any]) -> str | None:
+    """The Secret a ScoreRun wrote its weights with (``spec.output.credentialsSecret``)."""
+    output = (run.get("spec") or {}).get("output") or {}
+    secret = output.get("credentialsSecret")
+    return str(secret) if secret else None
 
 
 class Reconciler:
@@ -130,14 +137,14 @@ class Reconciler:
         """Resolve the referenced ScoreRuns, apply the children and record them."""
         spec = kind_spec(body["kind"])
         generation = body["metadata"].get("generation")
-        model_uris, waiting = await self._resolve(resource)
+        model_uris, model_secrets, waiting = await self._resolve(resource)
         if waiting:
             now = self.clock()
             new = await self.write_status(
                 body, lambda s: st.waiting_status(s, waiting, now, generation))
             return Outcome("waiting", waiting, new)
         children = spec.build(resource, self.config, body["metadata"].get("namespace"),
-                              model_uris)
+                              model_uris, model_secrets)
         for child in children:
             await self.client.apply(child)
         extra = spec.status_extras(resource, status)
@@ -147,9 +154,13 @@ class Reconciler:
         return Outcome("applied", ", ".join(f"{c['kind']} {c['metadata']['name']}"
                                             for c in children), new)
 
-    async def _resolve(self, resource: Resource) -> tuple[dict[str, str], str]:
-        """ScoreRun name -> weights URI for each referenced run; a message if one is missing."""
+    async def _resolve(self, resource: Resource
+                       ) -> tuple[dict[str, str], dict[str, str], str]:
+        """ScoreRun name -> weights URI for each referenced run, ScoreRun name -> the
+        ``output.credentialsSecret`` it wrote them with (where it named one); a message if
+        one is missing."""
         uris: dict[str, str] = {}
+        secrets: dict[str, str] = {}
         missing: list[str] = []
         ns = resource.metadata.namespace
         for run_name in kind_spec(resource.kind).referenced_runs(resource):
@@ -161,10 +172,13 @@ class Reconciler:
                 missing.append(f"ScoreRun {run_name} {state}")
             else:
                 uris[run_name] = uri
+                secret = scorerun_credentials_secret(run)
+                if secret:
+                    secrets[run_name] = secret
         if missing:
-            return uris, "waiting for trained weights: " + "; ".join(missing) + \
+            return uris, secrets, "waiting for trained weights: " + "; ".join(missing) + \
                 " (a referenced ScoreRun must reach Succeeded)"
-        return uris, ""
+        return uris, secrets, ""
 
     # -- update --------------------------------------------------------------------------------
 

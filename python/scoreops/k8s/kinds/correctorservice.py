@@ -39,8 +39,17 @@ from scoreops.k8s.rules import name_fits
 INFERENCESERVICE_API_VERSION = "serving.kserve.io/v1beta1"
 # KServe looks for the container named "kserve-container" in custom components.
 KSERVE_CONTAINER = "kserve-container"
-# KServe's storage initializer reads the S3 endpoint, scheme and region from these
-# annotations (pkg/credentials/s3/s3_secret.go).
+# The annotation that picks KServe's deployment mode for one InferenceService
+# (pkg/constants/constants.go, DeploymentMode).
+KSERVE_DEPLOYMENT_MODE = "serving.kserve.io/deploymentMode"
+# Predictor CPU and memory per GPU (a CPU-only predictor counts as one) when the
+# CorrectorService sets none: without them KServe's runtime defaults apply (the stock
+# kserve-huggingfaceserver runtime: 1 CPU, 2Gi), and vLLM loading a 7-8B model is OOM-killed.
+PREDICTOR_CPU_PER_GPU = 4
+PREDICTOR_MEMORY_GI_PER_GPU = 32
+# KServe's storage initializer reads the S3 endpoint, scheme and region from these annotations
+# on the credentials Secret, and on a ServiceAccount only next to an IAM-role annotation
+# (pkg/credentials/s3/s3_secret.go, service_account_credentials.go).
 KSERVE_S3_ENDPOINT = "serving.kserve.io/s3-endpoint"
 KSERVE_S3_USE_HTTPS = "serving.kserve.io/s3-usehttps"
 KSERVE_S3_REGION = "serving.kserve.io/s3-region"
@@ -61,7 +70,8 @@ def served_name(service: CorrectorService) -> str:
 
 def build_inference_service(service: CorrectorService, config: OperatorConfig,
                             namespace: str | None = None,
-                            model_uri: str | None = None) -> dict[str, Any]:
+                            model_uri: str | None = None,
+                            model_secret: str | None = None) -> dict[str, Any]:
     """InferenceService ``<name>``: KServe's vLLM runtime as predictor, scoreops as transformer.
 
     Why a transformer rather than a custom predictor: the self-correction layer only
@@ -70,11 +80,17 @@ def build_inference_service(service: CorrectorService, config: OperatorConfig,
     predictor KServe's stock ``huggingface`` runtime (vLLM backend, ``modelFormat:
     huggingface``, weights fetched by the storage initializer from ``storageUri``) keeps
     continuous batching, the runtime's upgrades and GPU autoscaling untouched, lets the CPU
-    transformer scale on its own, and means our server image carries no CUDA stack. A custom
-    predictor would have to embed vLLM and the weights in our image to gain one network hop.
+    transformer scale on its own, and means our server image carries no CUDA stack (no torch,
+    no vLLM: images/server/Dockerfile). A custom predictor would have to embed vLLM and the
+    weights in our image to gain one network hop.
 
     ``model_uri`` resolves a ``scoreRun`` model; a ``uri`` model needs none. See
     :func:`predictor` and :func:`transformer` for the two components.
+
+    The annotation ``serving.kserve.io/deploymentMode`` is the platform's
+    (``SCOREOPS_KSERVE_DEPLOYMENT_MODE``, ``RawDeployment`` by default): KServe's installs
+    default to Serverless, where Knative refuses the GPU pool's tolerations and node selector
+    unless its ``kubernetes.podspec-*`` flags are on.
     """
     ns = namespace_of(service, namespace)
     uri = service.spec.model.uri or model_uri
@@ -85,17 +101,33 @@ def build_inference_service(service: CorrectorService, config: OperatorConfig,
         "apiVersion": INFERENCESERVICE_API_VERSION,
         "kind": "InferenceService",
         "metadata": metadata(CORRECTORSERVICE, service, name, ns,
-                             {ANNOTATION_SPEC_HASH: spec_hash(service)}),
-        "spec": {"predictor": predictor(service, config, uri),
+                             {ANNOTATION_SPEC_HASH: spec_hash(service),
+                              KSERVE_DEPLOYMENT_MODE: config.kserve_deployment_mode}),
+        "spec": {"predictor": predictor(service, config, uri, model_secret),
                  "transformer": transformer(service, config, ns)},
     }
 
 
-def predictor(service: CorrectorService, config: OperatorConfig, uri: str) -> dict[str, Any]:
+def predictor_compute(service: CorrectorService) -> dict[str, Any]:
+    """The predictor's CPU, memory and GPUs: the CorrectorService's, and for what it leaves
+    out :data:`PREDICTOR_CPU_PER_GPU` / :data:`PREDICTOR_MEMORY_GI_PER_GPU` per GPU.
+
+    KServe merges these over the runtime container's own (``MergeRuntimeContainers``), so a
+    value left out here is the runtime's: 1 CPU and 2Gi in KServe's stock runtime."""
+    res = service.spec.resources
+    per = max(1, res.gpus)
+    cpu = res.cpu or str(PREDICTOR_CPU_PER_GPU * per)
+    memory = res.memory or f"{PREDICTOR_MEMORY_GI_PER_GPU * per}Gi"
+    return compute_resources(cpu, memory, res.gpus, res.gpu_resource_name)
+
+
+def predictor(service: CorrectorService, config: OperatorConfig, uri: str,
+              model_secret: str | None = None) -> dict[str, Any]:
     """KServe's ``huggingface`` runtime serving the weights at ``uri``.
 
     It runs as ``spec.serviceAccountName``, else as the ServiceAccount
-    :func:`build_storage_service_account` makes when the platform has an S3 Secret, so that
+    :func:`build_storage_service_account` makes when there is an S3 Secret to give it (the
+    ScoreRun's own ``credentialsSecret``, ``model_secret``, else the platform's), so that
     KServe's storage initializer can fetch private weights.
     """
     rt, res = service.spec.runtime, service.spec.resources
@@ -109,16 +141,16 @@ def predictor(service: CorrectorService, config: OperatorConfig, uri: str) -> di
         "storageUri": uri,
         "args": args,
     }
-    compute = compute_resources(res.cpu, res.memory, res.gpus, res.gpu_resource_name)
-    if compute:
-        model["resources"] = compute
+    model["resources"] = predictor_compute(service)
     out: dict[str, Any] = {
         "minReplicas": res.min_replicas,
         "maxReplicas": res.max_replicas,
     }
-    account = predictor_service_account(service, config)
+    account = predictor_service_account(service, config, model_secret)
     if account:
         out["serviceAccountName"] = account
+    if config.pull_secrets:
+        out["imagePullSecrets"] = config.pod_pull_secrets()
     out.update(placement(res, res.gpus, config))
     out["model"] = model
     return out
@@ -150,44 +182,56 @@ def transformer(service: CorrectorService, config: OperatorConfig,
     mixture-of-agents) in ``SCOREOPS_STRATEGY_JSON``, arguments from
     :func:`transformer_args`."""
     res, lim = service.spec.resources, service.spec.limits
-    return {
+    out: dict[str, Any] = {
         "minReplicas": res.min_replicas,
         "maxReplicas": res.max_replicas,
-        "containers": [{
-            "name": KSERVE_CONTAINER,
-            "image": res.image or config.image("server"),
-            "imagePullPolicy": "IfNotPresent",
-            "command": ["python", "-m", "scoreops.serving"],
-            "args": transformer_args(service, namespace),
-            "env": [
-                *common_env(service.kind, service.metadata.name),
-                {"name": "SCOREOPS_STRATEGY_JSON",
-                 "value": json.dumps(service.spec.strategy.to_wire(), sort_keys=True)},
-                {"name": "SCOREOPS_MAX_QUEUE", "value": str(lim.max_queue)},
-            ],
-            "resources": {
-                "requests": {"cpu": "500m", "memory": "512Mi"},
-                "limits": {"cpu": "2", "memory": "2Gi"},
-            },
-        }],
     }
+    if config.pull_secrets:
+        out["imagePullSecrets"] = config.pod_pull_secrets()
+    out["containers"] = [{
+        "name": KSERVE_CONTAINER,
+        "image": res.image or config.image("server"),
+        "imagePullPolicy": config.pull_policy,
+        "command": ["python", "-m", "scoreops.serving"],
+        "args": transformer_args(service, namespace),
+        "env": [
+            *common_env(service.kind, service.metadata.name),
+            {"name": "SCOREOPS_STRATEGY_JSON",
+             "value": json.dumps(service.spec.strategy.to_wire(), sort_keys=True)},
+            {"name": "SCOREOPS_MAX_QUEUE", "value": str(lim.max_queue)},
+        ],
+        "resources": {
+            "requests": {"cpu": "500m", "memory": "512Mi"},
+            "limits": {"cpu": "2", "memory": "2Gi"},
+        },
+    }]
+    return out
 
 
 # --- the predictor's ServiceAccount ----------------------------------------------------------
 
 
-def predictor_service_account(service: CorrectorService, config: OperatorConfig) -> str | None:
+def storage_secret(config: OperatorConfig, model_secret: str | None = None) -> str | None:
+    """The Secret the predictor's storage initializer reads the weights with: the one the
+    ScoreRun wrote them with (its ``output.credentialsSecret``), else the platform's."""
+    return model_secret or config.s3_secret
+
+
+def predictor_service_account(service: CorrectorService, config: OperatorConfig,
+                              model_secret: str | None = None) -> str | None:
     """The predictor's ServiceAccount: the resource's own, else the operator-made one that
-    carries the platform's S3 Secret, else none (the namespace's default)."""
+    carries :func:`storage_secret`, else none (the namespace's default)."""
     if service.spec.service_account_name:
         return service.spec.service_account_name
-    if config.s3_secret:
+    if storage_secret(config, model_secret):
         return storage_service_account_name(service.metadata.name)
     return None
 
 
 def kserve_s3_annotations(config: OperatorConfig) -> dict[str, str]:
-    """KServe's S3 annotations for the platform endpoint and region.
+    """KServe's S3 annotations for the platform endpoint and region, as they belong on the
+    credentials Secret (docs/cluster.md): KServe reads them there, and on a ServiceAccount
+    only next to ``eks.amazonaws.com/role-arn``, so the storage ServiceAccount carries none.
 
     ``s3-endpoint`` is host[:port] without the scheme; ``s3-usehttps`` says which scheme.
     """
@@ -203,43 +247,49 @@ def kserve_s3_annotations(config: OperatorConfig) -> dict[str, str]:
 
 
 def build_storage_service_account(service: CorrectorService, config: OperatorConfig,
-                                  namespace: str | None = None) -> dict[str, Any] | None:
-    """ServiceAccount ``<name>-storage`` listing the platform's S3 Secret, or None.
+                                  namespace: str | None = None,
+                                  model_secret: str | None = None) -> dict[str, Any] | None:
+    """ServiceAccount ``<name>-storage`` listing :func:`storage_secret`, or None.
 
-    Made only when the resource names no ServiceAccount of its own and the platform has an S3
-    Secret (``SCOREOPS_S3_SECRET``). KServe's storage initializer reads the credentials from
-    the Secrets a predictor's ServiceAccount lists; the Secret is named, never read or copied.
-    The KServe S3 annotations (endpoint, scheme, region) are set on the ServiceAccount too,
-    where KServe reads them for workload identity; with keys, KServe reads them from the
-    Secret (docs/cluster.md). Least privilege: no token is mounted into the pods that use it
-    and nothing binds a role to it, so it grants no access to the Kubernetes API.
+    Made only when the resource names no ServiceAccount of its own and there is a Secret: the
+    ``output.credentialsSecret`` of the ScoreRun whose weights are served (``model_secret``),
+    else the platform's (``SCOREOPS_S3_SECRET``). KServe's storage initializer reads the
+    credentials from the Secrets a predictor's ServiceAccount lists (one only: with two, the
+    later one's variables win); the Secret is named, never read or copied. The endpoint,
+    scheme and region KServe reads from that Secret's annotations or keys, or from its
+    ``inferenceservice-config`` (docs/cluster.md), not from this ServiceAccount. Least
+    privilege: no token is mounted into the pods that use it and nothing binds a role to it,
+    so it grants no access to the Kubernetes API.
     """
-    if service.spec.service_account_name or not config.s3_secret:
+    secret = storage_secret(config, model_secret)
+    if service.spec.service_account_name or not secret:
         return None
     ns = namespace_of(service, namespace)
     return {
         "apiVersion": "v1",
         "kind": "ServiceAccount",
         "metadata": metadata(CORRECTORSERVICE, service,
-                             storage_service_account_name(service.metadata.name), ns,
-                             kserve_s3_annotations(config)),
+                             storage_service_account_name(service.metadata.name), ns),
         "automountServiceAccountToken": False,
-        "secrets": [{"name": config.s3_secret}],
+        "secrets": [{"name": secret}],
     }
 
 
 def build_correctorservice_children(service: CorrectorService, config: OperatorConfig,
                                     namespace: str | None = None,
-                                    model_uris: Mapping[str, str] | None = None
+                                    model_uris: Mapping[str, str] | None = None,
+                                    model_secrets: Mapping[str, str] | None = None
                                     ) -> list[dict[str, Any]]:
     """The ServiceAccount (if any) first: the predictor's pods are admitted with it.
 
-    ``model_uris`` maps ScoreRun name -> weights URI (for a ``scoreRun`` model).
+    ``model_uris`` maps ScoreRun name -> weights URI (for a ``scoreRun`` model),
+    ``model_secrets`` ScoreRun name -> the ``output.credentialsSecret`` it wrote them with.
     """
     ref = service.spec.model.score_run
     uri = (model_uris or {}).get(ref) if ref else None
-    account = build_storage_service_account(service, config, namespace)
-    isvc = build_inference_service(service, config, namespace, uri)
+    secret = (model_secrets or {}).get(ref) if ref else None
+    account = build_storage_service_account(service, config, namespace, secret)
+    isvc = build_inference_service(service, config, namespace, uri, secret)
     return [account, isvc] if account else [isvc]
 
 

@@ -129,7 +129,9 @@ def build_eval_job(suite: EvalSuite, config: OperatorConfig,
 
 def build_evalsuite_children(suite: EvalSuite, config: OperatorConfig,
                              namespace: str | None = None,
-                             model_uris: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+                             model_uris: Mapping[str, str] | None = None,
+                             model_secrets: Mapping[str, str] | None = None
+                             ) -> list[dict[str, Any]]:
     """ConfigMap then job; ``scoreRun`` models must be resolvable through ``model_uris``."""
     resolved = resolve_suite(suite, model_uris or {})
     digest = spec_hash(suite)

@@ -64,7 +64,7 @@ def build_pytorchjob(run: ScoreRun, config: OperatorConfig,
 
     ``restartPolicy: OnFailure`` restarts a crashed container in place (the trainer resumes
     from its newest complete checkpoint); ``backoffLimit`` caps the restarts of the whole
-    job; ``cleanPodPolicy: Running`` removes pods still running when the job ends (a failed
+    job (see :func:`job_backoff_limit`); ``cleanPodPolicy: Running`` removes pods still running when the job ends (a failed
     Master must not leave Workers holding GPUs) and keeps finished pods for their logs.
 
     ``nprocPerNode`` is the pod's GPU count, 1 on a CPU pod: left out, the training operator
@@ -95,10 +95,27 @@ def build_pytorchjob(run: ScoreRun, config: OperatorConfig,
                              {ANNOTATION_SPEC_HASH: spec_hash(run)}),
         "spec": {
             "nprocPerNode": nproc_per_node(res),
-            "runPolicy": {"cleanPodPolicy": "Running", "backoffLimit": res.backoff_limit},
+            "runPolicy": {"cleanPodPolicy": "Running",
+                          "backoffLimit": job_backoff_limit(res.backoff_limit, res.workers)},
             "pytorchReplicaSpecs": replicas,
         },
     }
+
+
+def job_backoff_limit(incidents: int, pods: int) -> int:
+    """The PyTorchJob's ``runPolicy.backoffLimit`` for a run that may survive ``incidents``
+    restarts of the whole job (``resources.backoffLimit``).
+
+    The training operator fails a job once the container restarts of its running pods add
+    up to ``backoffLimit`` (``pkg/core/job.go``, ``PastBackoffLimit``). One incident restarts
+    every pod: an evicted pod is recreated (a new pod, no restart counted) while the other
+    ``pods - 1`` stop at the agreed step, exit non-zero and restart in place (one count
+    each); a crash of one rank costs up to ``pods``. Counting in pods keeps the budget in
+    incidents: ``incidents x pods``. A 4-pod run with the default 3 gets 12: three evictions
+    count 3 x 3 = 9 < 12 and it goes on, where a limit of 3 failed it at the first (3 >= 3);
+    the third crash (3 x 4 = 12) fails it, as the third crash fails a one-pod run.
+    """
+    return incidents * max(1, pods)
 
 
 def nproc_per_node(res: WorkerResources) -> str:
@@ -115,7 +132,9 @@ def train_grace_seconds(run: ScoreRun, config: OperatorConfig) -> int:
 
 def build_scorerun_children(run: ScoreRun, config: OperatorConfig,
                             namespace: str | None = None,
-                            model_uris: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+                            model_uris: Mapping[str, str] | None = None,
+                            model_secrets: Mapping[str, str] | None = None
+                            ) -> list[dict[str, Any]]:
     """The ConfigMap first (the job mounts it), then the PyTorchJob."""
     return [build_run_config_map(run, config, namespace), build_pytorchjob(run, config, namespace)]
 
