@@ -374,7 +374,10 @@ class TrainResources(WorkerResources):
         description="DeepSpeed ZeRO stage (GPUs; on CPU only with precision fp32, for tests).",
     )
     precision: Precision = Field("bf16", description="Training precision (fp32 on CPU).")
-    backoff_limit: int = Field(3, ge=0, le=100, description="Pod restarts before the job fails.")
+    backoff_limit: int = Field(
+        3, ge=0, le=100,
+        description="Evictions or crashes the run survives (the PyTorchJob's limit is this x pods).",
+    )
     termination_grace_period_seconds: int | None = Field(
         None, ge=10, le=86400,
         description=(
