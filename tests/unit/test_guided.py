@@ -288,3 +288,60 @@ def test_the_spec_validates_the_critic_fields() -> None:
 
     assert get_strategy("guided").caption(spec) == (
         "guided decoding, beam 3 × expand 4, up to 6 steps, critic tool")
+
+
+def _checks(backend_kind: str = "hf", tokenizer: Any = "tok", **limits: Any) -> Any:
+    from types import SimpleNamespace
+
+    from scoreops.api.correctorservice import ServingLimits
+    from scoreops.serving.checks import RequestChecks
+    from scoreops.serving.config import ServingConfig
+
+    config = ServingConfig(
+        backend=backend_kind, model_uri="unused", predictor_url="http://predictor/v1",
+        strategy=StrategySpec(name="guided", critic="tool"), limits=ServingLimits(**limits))
+    backend = SimpleNamespace(tokenizer=None, decoder=None, returns_logprobs=False,
+                              context_length=None)
+    checks = RequestChecks(config, backend)  # type: ignore[arg-type]
+    checks.tokenizer = None if tokenizer is None else CharTokenizer()
+    return checks
+
+
+def test_serving_budgets_are_checked_and_shared_over_the_answers() -> None:
+    from scoreops.serving.protocol import ScoreopsOptions, ServingError
+
+    checks = _checks(max_total_tokens=300, request_timeout_seconds=30)
+    prepared = checks.prepare([QUESTION, QUESTION], n=3, max_tokens=16,
+                              options=ScoreopsOptions(max_total_tokens=120))
+    assert prepared.token_budget == 120
+    assert prepared.strategy.token_budget == 120 // 6  # per answer: 2 prompts x n=3
+    assert checks.prepare([QUESTION]).token_budget == 300  # the server's limit by default
+    with pytest.raises(ServingError) as info:
+        checks.prepare([QUESTION], options=ScoreopsOptions(max_total_tokens=301))
+    assert (info.value.status, info.value.param) == (400, "scoreops.max_total_tokens")
+    with pytest.raises(ServingError) as info:
+        checks.prepare([QUESTION], options=ScoreopsOptions(timeout_seconds=31))
+    assert (info.value.status, info.value.param) == (400, "scoreops.timeout_seconds")
+    assert checks.prepare([QUESTION], options=ScoreopsOptions(timeout_seconds=5)).timeout == 5
+
+
+def test_a_remote_predictor_refuses_guided_with_a_400() -> None:
+    from scoreops.serving.protocol import ServingError
+
+    with pytest.raises(ServingError) as info:
+        _checks("openai", tokenizer=None).prepare([QUESTION])
+    assert info.value.status == 400 and "exact token ids" in info.value.message
+
+
+def test_the_recording_engine_holds_a_request_to_its_budget() -> None:
+    from scoreops.serving.calls import Recording
+    from scoreops.serving.protocol import ServingError
+    from scoreops.serving.requests import RequestControl
+
+    engine = Recording(ScriptedSolver(), RequestControl(), budget=50)
+    (res,) = run_strategy(engine, [QUESTION], StrategySpec(name="self-consistency",
+                                                           samples=4), PARAMS)
+    assert engine.generated <= 50 and res.completion_tokens <= 50
+    with pytest.raises(ServingError) as info:  # nothing left: refused, naming the field
+        engine.generate([QUESTION] * 60, PARAMS)
+    assert info.value.param == "scoreops.max_total_tokens"

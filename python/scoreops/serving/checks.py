@@ -146,6 +146,12 @@ class RequestChecks:
         options = options or ScoreopsOptions()
         self._check_limits(n, max_tokens, max_tokens_param, logprobs)
         strategy = self._strategy(options)
+        if get_strategy(strategy.name).uses_critic and self.tokenizer is None:
+            raise bad_request(
+                "scoreops.strategy" if options.strategy else "strategy",
+                f"{strategy.name} continues partial answers as exact token ids, which the "
+                f"{self.config.backend} backend (a remote OpenAI-compatible predictor) cannot "
+                "do; serve the model in-process (--backend hf or vllm)")
         counts = self._count(conversations)
         ceiling = min(self.config.limits.max_tokens, self.config.default_max_tokens)
         room = self._room(strategy, counts, max_tokens, prompt_param, max_tokens_param)
