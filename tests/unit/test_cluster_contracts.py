@@ -898,3 +898,20 @@ def test_the_docs_say_what_the_upstream_sources_say() -> None:
     assert "only container the training operator wires up" not in guide
     assert "awsSecretAccessKey=" not in guide  # KServe's shipped config reads AWS_* names
     assert "AWS_DEFAULT_REGION" in values and "AWS_DEFAULT_REGION" in guide
+
+
+def test_a_reward_model_needs_an_image_with_torch() -> None:
+    """Row 6's consequence: the default transformer image has no torch, so a strategy that
+    loads a reward model in the transformer is refused unless the service names its image."""
+    from scoreops.k8s.kinds import spec_of
+
+    doc = yaml.safe_load((EXAMPLES / "correctorservice.yaml").read_text())
+    doc["spec"]["strategy"] = {"name": "best-of-n", "samples": 4, "verifier": "reward-model",
+                               "rewardModel": "s3://models/prm"}
+    service = parse_resource(doc)
+    errors = spec_of(service).cluster_errors(service)
+    assert [e.field for e in errors] == ["spec.strategy.rewardModel"]
+    assert "spec.resources.image" in errors[0].message
+    doc["spec"]["resources"]["image"] = "registry.example.com/ml/server-full:1.2.3"
+    service = parse_resource(doc)
+    assert spec_of(service).cluster_errors(service) == []

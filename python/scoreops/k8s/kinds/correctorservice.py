@@ -300,14 +300,30 @@ def referenced_runs(service: CorrectorService) -> list[str]:
 # --- cluster rules ---------------------------------------------------------------------------
 
 
+def uses_reward_model(service: CorrectorService) -> bool:
+    """Whether the transformer would load a reward model in-process (torch, transformers)."""
+    strategy = service.spec.strategy
+    critics = [w.name for w in strategy.critic_weights] or [strategy.critic]
+    return strategy.reward_model is not None and (
+        strategy.verifier == "reward-model" or "reward-model" in critics)
+
+
 def cluster_errors(service: CorrectorService) -> list[FieldError]:
-    """Weights KServe's storage initializer can fetch (s3://), a name that fits."""
+    """Weights KServe's storage initializer can fetch (s3://), a name that fits, and no
+    reward model in the default transformer image (which carries no torch)."""
     errors: list[FieldError] = []
     uri = service.spec.model.uri
     if uri is not None and not uri.startswith("s3://"):
         errors.append(FieldError(
             "spec.model.uri",
             f"{uri!r}: KServe's storage initializer fetches the weights; give s3://",
+        ))
+    if uses_reward_model(service) and not service.spec.resources.image:
+        errors.append(FieldError(
+            "spec.strategy.rewardModel",
+            "the transformer loads the reward model in-process, and the scoreops server "
+            "image carries no torch: set spec.resources.image to an image with "
+            "scoreops[serve], or score with self-eval",
         ))
     name_fits(inference_service_name(service.metadata.name), "-transformer", errors)
     return errors
