@@ -217,6 +217,7 @@ def train_arm(arm: str, seed: int, args: argparse.Namespace, data: tuple[str, st
         **({"sampled": _eval_entry(sampled, 0.0)} if sampled is not None else {}),
         "per_step": [{k: m[k] for k in keep if k in m} for m in result.metrics],
         "commit": args.commit,
+        "versions": _versions(),
     }
 
 
@@ -517,6 +518,19 @@ def write_report(out: Path, settings: dict[str, Any]) -> None:
     print(md, flush=True)
 
 
+def _versions() -> dict[str, str]:
+    """The versions of the packages a run's numbers depend on."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in ("torch", "transformers", "scoreops"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "absent"
+    return out
+
+
 def _commit() -> str:
     """The commit of the code this process runs, with ``+dirty`` when the tree has changes
     (each run file records it: a run must say which code it imported)."""
@@ -585,6 +599,7 @@ def main() -> None:
                 if k not in ("out", "report_only", "arms")}  # arms: may be split over processes
     args.commit = _commit()
     settings["commit"] = args.commit
+    settings["versions"] = _versions()
     if args.report_only:
         write_report(out, settings)
         return
