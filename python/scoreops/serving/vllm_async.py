@@ -241,6 +241,20 @@ class AsyncVLLMDecoder:
                 return
             task = self._loop.create_task(self._generate(row, request_id))
             self._inflight[id(row)] = (row, task, request_id)
+        task.add_done_callback(lambda _: self._settled(row))
+
+    def _settled(self, row: Row) -> None:
+        """The row's task ended (also one cancelled before its first step, whose body never
+        ran): the row leaves the in-flight set and its future is resolved."""
+        if not row.future.done():
+            self.cancelled_rows += 1
+            self._fail(row, Cancelled("cancelled"))
+        with self._lock:
+            self._inflight.pop(id(row), None)
+            idle = not self._inflight
+        if idle:  # nothing of ours left in vLLM; its last step's figures are stale
+            self.load = dataclasses.replace(self.load, running=0, waiting=0,
+                                            kv_cache_usage=0.0)
 
     def _cancel(self, rows: list[Row]) -> None:
         with self._lock:
@@ -286,12 +300,6 @@ class AsyncVLLMDecoder:
         else:
             self._complete(row)
         finally:
-            with self._lock:
-                self._inflight.pop(id(row), None)
-                idle = not self._inflight
-            if idle:  # nothing of ours left in vLLM; its last step's figures are stale
-                self.load = dataclasses.replace(self.load, running=0, waiting=0,
-                                                kv_cache_usage=0.0)
             if aborted:
                 log.debug("aborted vLLM request %s", request_id)
 
