@@ -43,8 +43,15 @@ def _wilson(k: int, n: int) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
+def arm_file(out: Path, name: str, partial: bool = False) -> Path:
+    stem = name.replace(" ", "_").replace("/", "-")
+    return out / f"{stem}{'.partial' if partial else ''}.json"
+
+
 def run_arm(name: str, engine: Any, items: list[dict[str, Any]], spec: dict[str, Any],
-            params: Any, batch: int) -> dict[str, Any]:
+            params: Any, batch: int, out: Path | None = None) -> dict[str, Any]:
+    """One arm over ``items``; with ``out``, the items done so far are saved after each
+    batch (``<arm>.partial.json``) so that a run cut short still has its figures."""
     from scoreops.api import StrategySpec
     from scoreops.benchmarks import get_benchmark
     from scoreops.evaluate.generation import answer_extractor, passed
@@ -71,6 +78,10 @@ def run_arm(name: str, engine: Any, items: list[dict[str, Any]], spec: dict[str,
                                     "correct": passed(bench.score(a.text, it).get("correct"))}
                                    for a in res.attempts]
             records.append(rec)
+        if out is not None and len(records) < len(items):
+            partial = summarise(name, spec, records, time.perf_counter() - start)
+            partial["partial"] = f"{len(records)} of {len(items)} items"
+            arm_file(out, name, partial=True).write_text(json.dumps(partial, indent=1))
     seconds = time.perf_counter() - start
     return summarise(name, spec, records, seconds)
 
@@ -133,6 +144,33 @@ def _table(arms: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+ORDER = ("single", "self-consistency", "best-of", "guided")
+
+
+def merge(out: Path) -> int:
+    """summary.json and table.md from every arm's JSON in ``out``."""
+    arms = [json.loads(p.read_text()) for p in sorted(out.glob("*.json"))
+            if p.name != "summary.json" and not p.name.endswith(".partial.json")]
+    done = {a["arm"] for a in arms}
+    for p in sorted(out.glob("*.partial.json")):  # arms cut short: the items they finished
+        arm = json.loads(p.read_text())
+        if arm["arm"] not in done:
+            arm["arm"] += f" [partial: {arm['partial']}]"
+            arms.append(arm)
+    arms.sort(key=lambda a: (next(i for i, o in enumerate(ORDER) if a["arm"].startswith(o)),
+                             a["arm"]))
+    settings: dict[str, Any] = {}
+    if (out / "summary.json").exists():  # one process's settings (the same in every one)
+        settings = json.loads((out / "summary.json").read_text())
+        settings.pop("arms", None)
+    settings["arms"] = [{k: v for k, v in a.items() if k != "records"} for a in arms]
+    (out / "summary.json").write_text(json.dumps(settings, indent=1))
+    table = _table(arms)
+    (out / "table.md").write_text(table + "\n")
+    print(table)
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="builtin://smollm2-135m-instruct")
@@ -152,8 +190,20 @@ def main() -> int:
                         help="guided arms: self-eval, tool, mix (both, equal weights), "
                         "reward-model (needs --reward-model)")
     parser.add_argument("--reward-model", default=None, help="process reward model URI")
+    parser.add_argument("--arms", default="single,sampled,guided",
+                        help="which arms this process runs (single, sampled: best-of-K and "
+                        "the vote over its samples, guided); several processes may share "
+                        "--out, each arm writes its own JSON")
+    parser.add_argument("--token-budget", type=int, default=None,
+                        help="guided's per-item budget (default: best-of-K's measured mean "
+                        "tokens per item, or K x --max-new-tokens without the sampled arms)")
     parser.add_argument("--out", default=None)
+    parser.add_argument("--merge", action="store_true",
+                        help="only rebuild summary.json and table.md from the arms' JSON in "
+                        "--out (after several processes shared it)")
     args = parser.parse_args()
+    if args.merge:
+        return merge(Path(args.out))
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -182,21 +232,27 @@ def main() -> int:
 
     def record(arm: dict[str, Any]) -> dict[str, Any]:
         arms.append(arm)
-        (out / f"{arm['arm'].replace(' ', '_').replace('/', '-')}.json").write_text(
-            json.dumps(arm, indent=1))
+        arm_file(out, arm["arm"]).write_text(json.dumps(arm, indent=1))
+        arm_file(out, arm["arm"], partial=True).unlink(missing_ok=True)
         return arm
 
-    record(run_arm("single (greedy)", engine, items, {"name": "single"}, greedy, args.batch))
+    wanted = {a.strip() for a in args.arms.split(",")}
+    if "single" in wanted:
+        record(run_arm("single (greedy)", engine, items, {"name": "single"}, greedy,
+                       args.batch))
     k = args.samples
-    bon = run_arm(f"best-of-{k} (self-eval)", engine, items,
-                  {"name": "best-of-n", "samples": k, "verifier": "self-eval"}, sampled,
-                  args.batch)
-    record(vote_over(bon, f"self-consistency@{k}", k))
-    record(bon)
-    budget = max(1, round(bon["tokens_per_item"]))
+    budget = args.token_budget or k * args.max_new_tokens
+    if "sampled" in wanted:
+        bon = run_arm(f"best-of-{k} (self-eval)", engine, items,
+                      {"name": "best-of-n", "samples": k, "verifier": "self-eval"}, sampled,
+                      args.batch)
+        record(vote_over(bon, f"self-consistency@{k}", k))
+        record(bon)
+        budget = args.token_budget or max(1, round(bon["tokens_per_item"]))
     guided = {"name": "guided", "beam": args.beam, "expand": args.expand,
               "maxSteps": args.max_steps, "tokenBudget": budget}
-    for critic in [c.strip() for c in args.critics.split(",") if c.strip()]:
+    critics = [c.strip() for c in args.critics.split(",") if c.strip()]
+    for critic in critics if "guided" in wanted else []:
         if critic == "mix":
             spec = guided | {"criticWeights": [{"name": "self-eval", "weight": 1.0},
                                                {"name": "tool", "weight": 1.0}]}
@@ -209,7 +265,7 @@ def main() -> int:
         else:
             spec = guided | {"critic": critic}
         name = f"guided {args.beam}x{args.expand} ({critic})"
-        record(run_arm(name, engine, items, spec, sampled, args.batch))
+        record(run_arm(name, engine, items, spec, sampled, args.batch, out))
 
     summary = {
         "model": args.model, "items": len(items), "max_new_tokens": args.max_new_tokens,
