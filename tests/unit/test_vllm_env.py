@@ -60,7 +60,7 @@ def _write(tmp_path: Path, doc: dict[str, Any]) -> str:
 
 def _assert_how_to(err: str, field: str) -> None:
     assert f"{field} is vllm, but vLLM is not installed in this Python" in err
-    assert vllm_env.HOW_TO_GET_VLLM in err  # the one sentence: make install, .venv-vllm, pip
+    assert vllm_env.HOW_TO_GET_VLLM in err  # the one sentence: make install, pip
     assert "Traceback" not in err
 
 

