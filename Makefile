@@ -18,7 +18,7 @@ PYTEST_ARGS ?=
 .PHONY: help install lock demo test test-unit lint crds check-crds chart bench images clean
 
 help:  ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(firstword $(MAKEFILE_LIST)) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml $(LOCK) $(LOCK_CPU)
 	# from scratch: what an earlier lock installed and this one drops must go too
