@@ -14,8 +14,10 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
+from scoreops.api.common import ORACLE_RIGHT, ORACLE_WRONG  # noqa: E402
 from scoreops.api.scorerun import MGRPOConfig  # noqa: E402
 from scoreops.models import load_model  # noqa: E402
+from scoreops.rewards import make_verifier  # noqa: E402
 from scoreops.rollout import (  # noqa: E402
     HFEngine,
     SamplingParams,
@@ -23,8 +25,6 @@ from scoreops.rollout import (  # noqa: E402
     run_episodes,
     sequence_token_logprobs,
 )
-from scoreops.api.common import ORACLE_RIGHT, ORACLE_WRONG  # noqa: E402
-from scoreops.rewards import make_verifier  # noqa: E402
 from scoreops.rollout.continuation import (  # noqa: E402
     GUIDE_SEPARATOR,
     guided_corrections,

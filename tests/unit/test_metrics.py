@@ -7,8 +7,8 @@ import random
 import pytest
 
 from scoreops.metrics import (
-    change_rates,
     PairedCounts,
+    change_rates,
     correction_metrics,
     newcombe_paired_interval,
     paired_counts,
@@ -118,3 +118,15 @@ def test_change_rates_say_which_answers_changed() -> None:
     assert change_rates([["5"]], [[True]])["changed"] == 0
     with pytest.raises(ValueError, match="rows"):
         change_rates([["1", "2"]], [])
+
+
+def test_a_bare_answer_is_recorded_so_its_change_counts() -> None:
+    """A bare "False" (no number, no "answer is") is its own answer: a wrong "True" that
+    becomes "False" is a change, two "True"s are not."""
+    from scoreops.training.evaluation import _answer_of
+
+    answers = [[_answer_of("True"), _answer_of("False")], [_answer_of("True"), _answer_of(" True ")]]
+    assert answers == [["True", "False"], ["True", "True"]]
+    c = change_rates(answers, [[False, True], [True, True]])
+    assert (c["change_if_wrong"], c["change_if_right"], c["changes_fixing"]) == (1.0, 0.0, 1.0)
+    assert _answer_of("Answer: 12") == "12" and _answer_of("  ") is None

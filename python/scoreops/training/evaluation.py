@@ -20,6 +20,18 @@ class EvalResult:
     records: list[dict[str, Any]]
 
 
+def _answer_of(text: str) -> str | None:
+    """A turn's answer for the record and the change rates: the extracted final answer, else
+    the whole output, stripped (what the ``exact`` verifier judges: a bare "False" has no
+    extractable number or "answer is"); None for an empty output."""
+    from scoreops.rewards import extract_final_answer
+
+    answer = extract_final_answer(text)
+    if answer is None:
+        answer = " ".join(text.split()) or None
+    return answer
+
+
 def evaluate_items(
     engine: RolloutEngine,
     items: list[Item],
@@ -55,7 +67,6 @@ def evaluate_items(
     """
     from scoreops.api.common import ORACLE_RIGHT, ORACLE_WRONG
     from scoreops.metrics import correction_metrics
-    from scoreops.rewards import extract_final_answer
     from scoreops.rollout import SamplingParams, run_episodes
     from scoreops.rollout.continuation import guided_corrections, oracle_turns
 
@@ -91,7 +102,7 @@ def evaluate_items(
             "question": item.question,
             "answer": item.answer,
             "outputs": outputs,
-            "extracted": [extract_final_answer(t) for t in outputs],
+            "extracted": [_answer_of(t) for t in outputs],
             "correct": per_turn,
         }
         if sampled:
