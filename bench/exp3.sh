@@ -25,8 +25,9 @@ case "${1:-run}" in
     wait ;;
   run)
     OUT=bench/results/compare-2026-12-07-exp3
-    ARMS=${2:-base,score,naive,grpo,oracle,mgrpo}
-    # two processes, one torch thread each, alternating arms
+    ARMS=${2:-score,naive,grpo,mgrpo,oracle,base}
+    # two processes, one torch thread each, alternating arms (the base model last: the
+    # criteria compare trained arms)
     A=$(echo "$ARMS" | tr ',' '\n' | awk 'NR % 2 == 1' | paste -sd, -)
     B=$(echo "$ARMS" | tr ',' '\n' | awk 'NR % 2 == 0' | paste -sd, -)
     $PY bench/compare_algorithms.py "${COMMON[@]}" --seeds 3 --arms "$A" --out "$OUT" &
