@@ -5,6 +5,7 @@
 #
 #   bench/exp3.sh pilot            # the pilot: base model + oracle arm, 1 seed
 #   bench/exp3.sh run [ARMS]       # the pre-registered runs, 3 seeds (two processes)
+#   bench/exp3.sh one ARMS         # the same runs in one process
 #   bench/exp3.sh report           # rebuild results.md / results.json from the run files
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,9 +34,12 @@ case "${1:-run}" in
     $PY bench/compare_algorithms.py "${COMMON[@]}" --seeds 3 --arms "$A" --out "$OUT" &
     [ -z "$B" ] || $PY bench/compare_algorithms.py "${COMMON[@]}" --seeds 3 --arms "$B" --out "$OUT"
     wait ;;
+  one)  # one process with the given arms (e.g. to add the base model after the others)
+    $PY bench/compare_algorithms.py "${COMMON[@]}" --seeds 3 --arms "$2" \
+      --out bench/results/compare-2026-12-07-exp3 ;;
   report)
     for OUT in bench/results/compare-2026-12-07-exp3-pilot bench/results/compare-2026-12-07-exp3; do
       [ -d "$OUT/runs" ] && $PY bench/compare_algorithms.py "${COMMON[@]}" --report-only --out "$OUT"
     done ;;
-  *) echo "usage: $0 pilot | run [ARMS] | report" >&2; exit 2 ;;
+  *) echo "usage: $0 pilot | run [ARMS] | one ARMS | report" >&2; exit 2 ;;
 esac
