@@ -148,8 +148,10 @@ def test_greedy_generations_agree_with_the_hf_engine(smol: tuple[Any, Any],
 
 def test_sampled_logprobs_equal_the_trainer_forward_pass(smol: tuple[Any, Any],
                                                          smol_vllm: VLLMEngine) -> None:
-    """What the importance ratio and the KL are computed from: vLLM's log-probs of the tokens
-    it sampled (raw, temperature 1) against the policy's forward pass over the episodes."""
+    """vLLM's log-probs of the tokens it sampled at temperature 1 against the policy's forward
+    pass over the episodes: the two engines' distributions agree. (The trainer's KL and
+    policy gradient use its own forward pass; vLLM's log-probs enter training only as the
+    sampler's side of the importance ratio, see the next test.)"""
     model, tokenizer = smol
     episodes = run_episodes(smol_vllm, QUESTIONS, instruction=INSTRUCTION, turns=2,
                             params=SamplingParams(max_new_tokens=16, temperature=1.0, seed=3))
@@ -172,6 +174,39 @@ def test_sampled_logprobs_equal_the_trainer_forward_pass(smol: tuple[Any, Any],
     # sampled, not greedy: some tokens were not the argmax (log-prob well below 0)
     assert (torch.cat([torch.tensor(t.completion.logprobs) for e in episodes
                        for t in e.turns]) < -1.0).any()
+
+
+def test_sampling_logprobs_are_those_of_the_sampling_temperature(
+        smol: tuple[Any, Any], smol_vllm: VLLMEngine) -> None:
+    """The importance ratio's denominator (``Completion.sampling_logprobs``) is the log-prob
+    under the distribution vLLM drew from (``processed_logprobs``: logits / temperature), the
+    one the trainer computes at the sampling temperature: on the same weights in fp32 the
+    ratio is 1 within the parity tolerance. The colocated engine then has no raw (temperature
+    1) log-probs to report."""
+    from scoreops.algorithms.importance import truncated_is_weights
+    from scoreops.rollout.episodes import sampling_token_logprobs
+
+    model, tokenizer = smol
+    temperature = 0.6
+    episodes = run_episodes(smol_vllm, QUESTIONS[:8], instruction=INSTRUCTION, turns=2,
+                            params=SamplingParams(max_new_tokens=16, temperature=temperature,
+                                                  n=2, seed=5))
+    assert all(t.completion.logprobs is None for e in episodes for t in e.turns)
+    batch = build_training_batch(tokenizer, episodes, max_len=4096)
+    sampler = sampling_token_logprobs(episodes, batch)
+    assert sampler is not None
+    mask = batch.turn_mask > 0
+    with torch.inference_mode():
+        at_t = sequence_token_logprobs(model, batch, micro_batch_size=8, temperature=temperature)
+        at_1 = sequence_token_logprobs(model, batch, micro_batch_size=8)
+    gap = (at_t - sampler)[mask].abs()
+    _, ratio = truncated_is_weights(at_t, sampler, mask, cap=2.0)
+    print(f"\nsampling log-probs at T={temperature} vs the trainer's over {int(mask.sum())} "
+          f"tokens: max gap {gap.max():.2e}; ratio in [{ratio[mask].min():.5f}, "
+          f"{ratio[mask].max():.5f}]")
+    assert gap.max() < LOGPROB_TOL
+    # and they are not the temperature-1 log-probs
+    assert (at_1 - sampler)[mask].abs().max() > 0.1
 
 
 def test_turn_two_continues_turn_one_token_ids(smol: tuple[Any, Any], smol_vllm: VLLMEngine,
@@ -285,6 +320,22 @@ def test_score_run_on_vllm_raises_the_turn_two_reward(digit_model: Path, tmp_pat
     assert last > first + 0.25, f"turn-2 reward did not rise: {r2}"
     assert generate.n >= 2 * 14  # two turns a step, all on vLLM
     assert sync.n >= 14 + 1  # the initial weights, then after every optimiser step
+    # importance sampling is on by default for vLLM, and its ratio is logged every step: on
+    # the CPU both sides are fp32 with the same weights, so the ratio stays near 1
+    stats = {k: [m[k] for m in result.metrics] for k in
+             ("is_ratio_mean", "is_ratio_min", "is_ratio_max", "is_clipped_fraction")}
+    split = {k: [round(m[k], 2) for m in result.metrics] for k in
+             ("seconds", "generate_seconds", "sync_seconds", "train_seconds",
+              "sleep_wake_seconds")}
+    print(f"TIS ratio on the digit toy: mean {min(stats['is_ratio_mean']):.6f}.."
+          f"{max(stats['is_ratio_mean']):.6f}, min {min(stats['is_ratio_min']):.6f}, max "
+          f"{max(stats['is_ratio_max']):.6f}, clipped {max(stats['is_clipped_fraction'])}")
+    print(f"step seconds: {split}")
+    assert max(stats["is_ratio_max"]) < 1.01 and min(stats["is_ratio_min"]) > 0.99
+    for m in result.metrics:
+        parts = sum(m[k] for k in ("generate_seconds", "sync_seconds", "train_seconds",
+                                   "sleep_wake_seconds"))
+        assert abs(parts - m["seconds"]) < 1e-6 * max(1.0, m["seconds"])
 
 
 GSM8K = [

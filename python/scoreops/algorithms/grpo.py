@@ -11,7 +11,9 @@ of the surrogate is exactly the policy gradient ``−A_i·∇log π(y_t)`` per t
 is ``∇log π`` at ρ = 1), aggregated as below, plus ``β·∇k``. The clip only acts when a caller
 passes log-probs of an older policy (several updates per batch). Both ``logp`` and
 ``old_logp`` are taken at the sampling temperature (see
-:func:`scoreops.training.steps.backward.policy_loss`).
+:func:`scoreops.training.steps.backward.policy_loss`). The mismatch between the trainer and a
+rollout engine other than the policy's own forward (vLLM) is a separate factor, ``pg_weight``
+(truncated importance sampling, :mod:`scoreops.algorithms.importance`).
 
 Aggregation over tokens:
 
