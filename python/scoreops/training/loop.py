@@ -1,4 +1,8 @@
-"""A training run from start (or the newest complete checkpoint) to report."""
+"""A training run from start (or the newest complete checkpoint) to report.
+
+Size: one class, the run's life cycle (setup, resume, steps, greedy and sampled evaluations,
+final weights) in the order it happens; split, the resume contract would span modules.
+"""
 
 from __future__ import annotations
 
