@@ -246,7 +246,9 @@ def test_a_correction_with_no_answer_after_the_phrase_is_not_judged_on_the_first
 # ---------------------------------------------------------------- oracle feedback
 
 
-def test_oracle_feedback_tells_the_verdict_of_the_previous_attempt(tiny: tuple[Any, Any]) -> None:
+def _oracle_after_one_right_one_wrong(tiny: tuple[Any, Any], **messages: Any) -> tuple:
+    """Two one-turn episodes, the first judged right and the second wrong, continued by
+    :func:`oracle_turns` with ``messages``; (first episodes, continued episodes)."""
     model, tok = tiny
     engine = HFEngine(model, tok, max_batch_size=8, prefix_cache=False)
     first = run_episodes(engine, ["What is 2 + 3?", "What is 4 + 4?"], instruction="unused",
@@ -256,9 +258,12 @@ def test_oracle_feedback_tells_the_verdict_of_the_previous_attempt(tiny: tuple[A
     def verifier(text: str, item: Any) -> float:
         return 1.0 if item.answer == "right" else 0.0
 
-    out = oracle_turns(engine, first, items, verifier, 2,
-                       SamplingParams(max_new_tokens=3, n=1, seed=0),
-                       right=ORACLE_RIGHT, wrong=ORACLE_WRONG)
+    return first, oracle_turns(engine, first, items, verifier, 2,
+                               SamplingParams(max_new_tokens=3, n=1, seed=0), **messages)
+
+
+def test_oracle_feedback_tells_the_verdict_of_the_previous_attempt(tiny: tuple[Any, Any]) -> None:
+    _, out = _oracle_after_one_right_one_wrong(tiny, right=ORACLE_RIGHT, wrong=ORACLE_WRONG)
     # the verdict alone: nothing after "correct" invites doubt
     assert [ep.turns[1].messages[-1]["content"] for ep in out] == [ORACLE_RIGHT, ORACLE_WRONG]
     assert "error" not in ORACLE_RIGHT.lower() and "might" not in ORACLE_RIGHT.lower()
@@ -267,19 +272,10 @@ def test_oracle_feedback_tells_the_verdict_of_the_previous_attempt(tiny: tuple[A
 def test_oracle_can_stop_after_a_right_answer(tiny: tuple[Any, Any]) -> None:
     """With stop_when_correct a right first answer stands: turn 2 repeats it with no tokens
     generated (nothing to train, nothing to break); a wrong one is asked again."""
-    model, tok = tiny
-    engine = HFEngine(model, tok, max_batch_size=8, prefix_cache=False)
-    first = run_episodes(engine, ["What is 2 + 3?", "What is 4 + 4?"], instruction="unused",
-                         turns=1, params=SamplingParams(max_new_tokens=3, n=1, seed=0))
-    items = [SimpleNamespace(answer="right"), SimpleNamespace(answer="wrong")]
-
-    def verifier(text: str, item: Any) -> float:
-        return 1.0 if item.answer == "right" else 0.0
-
-    out = oracle_turns(engine, first, items, verifier, 2,
-                       SamplingParams(max_new_tokens=3, n=1, seed=0),
-                       right="Right.", wrong="Wrong, try again.", stop_when_correct=True)
+    first, out = _oracle_after_one_right_one_wrong(tiny, right="Right.", wrong="Wrong, try again.",
+                                                   stop_when_correct=True)
     stopped, asked = out
+    tok = tiny[1]
     assert stopped.turns[1].text == first[0].turns[0].text
     assert stopped.turns[1].completion.token_ids == []
     assert asked.turns[1].messages[-1]["content"] == "Wrong, try again."
