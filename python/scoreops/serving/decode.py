@@ -44,6 +44,18 @@ log = logging.getLogger("scoreops.serving")
 __all__ = ["Cancelled", "DecodeLoop", "Row"]
 
 
+def notify_token(row: Row) -> None:
+    """Tell ``row``'s consumer (``on_token``) about its new tokens. A consumer that raises is
+    logged and dropped: a broken consumer must not stop the decoder serving the others."""
+    if row.on_token is None:
+        return
+    try:
+        row.on_token(row)
+    except Exception as exc:
+        log.warning("token callback failed: %s", exc)
+        row.on_token = None
+
+
 class Cancelled(RuntimeError):
     """The request was cancelled (client gone or deadline passed); its rows stopped."""
 
@@ -251,12 +263,7 @@ class DecodeLoop:
             row.finish = "stop"
         elif len(row.generated) >= row.params.max_new_tokens:
             row.finish = "length"
-        if row.on_token is not None:
-            try:
-                row.on_token(row)
-            except Exception as exc:  # a broken consumer must not stop the batch
-                log.warning("token callback failed: %s", exc)
-                row.on_token = None
+        notify_token(row)
 
     def _hit_stop(self, row: Row) -> bool:
         window = 2 * max(len(s) for s in row.params.stop) + 4

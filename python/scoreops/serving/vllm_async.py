@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from scoreops.rollout.types import Completion
-from scoreops.serving.decode import Cancelled, Row
+from scoreops.serving.decode import Cancelled, Row, notify_token
 
 log = logging.getLogger("scoreops.serving")
 
@@ -314,12 +314,8 @@ class AsyncVLLMDecoder:
         self.generated_tokens += len(new)
         if out.finished:
             row.finish = "stop" if piece.finish_reason == "stop" else "length"
-        if row.on_token is not None and new and row.finish is None:
-            try:
-                row.on_token(row)
-            except Exception as exc:  # a broken consumer must not stop the engine
-                log.warning("token callback failed: %s", exc)
-                row.on_token = None
+        if new and row.finish is None:
+            notify_token(row)
 
     def _complete(self, row: Row) -> None:
         # the text as the hf backend makes it (what the stream sent is a prefix of it)
